@@ -1,0 +1,46 @@
+"""`parakeet-ray` command line: one subcommand per job module.
+
+Each job module exposes `register(subparsers)`, which adds its subcommand(s) and sets
+`func(args) -> int` as the parser default. Heavy imports (torch, ray) stay inside `func`,
+so `parakeet-ray --help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that provide subcommands, in the order `--help` lists them.
+JOB_MODULES = (
+    "jobs.transcribe",
+    "jobs.finetune",
+    "jobs.query",
+    "jobs.bench",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="parakeet-ray",
+        description="Transcribe audio collections with Parakeet TDT on Ray; fine-tune; query results.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in JOB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # a real missing dependency inside the module: surface it
+                raise
+            continue  # the job module is not part of this build yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
