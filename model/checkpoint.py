@@ -1,0 +1,276 @@
+"""Loading and saving ParakeetTDT checkpoints.
+
+`load(source)` accepts:
+- a NeMo `.nemo` archive (tar: model_config.yaml, model_weights.ckpt, SentencePiece model),
+- a transformers `ParakeetForTDT` folder (config.json + model.safetensors + tokenizer.json),
+- a folder written by `save` (the transformers layout plus `parakeet_ray.json`, our full config),
+each from a local path or any fsspec URI (s3://, gs://, ...), or a Hugging Face hub id.
+
+`save(model, folder)` writes the transformers layout, so `ParakeetForTDT.from_pretrained(folder)`
+loads it too. Weights are read only with safetensors or `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from .config import ConfigError, ModelConfig
+from .config_convert import config_from_hf, config_from_nemo, config_to_hf, preprocessor_to_hf
+from .parakeet import ParakeetTDT
+from .tokenizer import Tokenizer
+
+OUR_CONFIG = "parakeet_ray.json"
+HF_WEIGHTS = "model.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read; the message names the path and the reason."""
+
+
+# ---- parameter names -----------------------------------------------------------------------
+# Our module names equal transformers' except for the predictor / joint projections.
+_OURS_TO_HF = [
+    (r"^predictor\.embedding\.", "decoder.embedding."),
+    (r"^predictor\.lstm\.", "decoder.lstm."),
+    (r"^joint\.pred_proj\.", "decoder.decoder_projector."),
+    (r"^joint\.enc_proj\.", "encoder_projector."),
+]
+_NEMO_TO_OURS = [
+    (r"^encoder\.pre_encode\.conv\.", "encoder.subsampling.layers."),
+    (r"^encoder\.pre_encode\.out\.", "encoder.subsampling.linear."),
+    (r"\.self_attn\.linear_q\.", ".self_attn.q_proj."),
+    (r"\.self_attn\.linear_k\.", ".self_attn.k_proj."),
+    (r"\.self_attn\.linear_v\.", ".self_attn.v_proj."),
+    (r"\.self_attn\.linear_out\.", ".self_attn.o_proj."),
+    (r"\.self_attn\.linear_pos\.", ".self_attn.relative_k_proj."),
+    (r"\.self_attn\.pos_bias_u$", ".self_attn.bias_u"),
+    (r"\.self_attn\.pos_bias_v$", ".self_attn.bias_v"),
+    (r"\.conv\.batch_norm\.", ".conv.norm."),
+    (r"^decoder\.prediction\.embed\.", "predictor.embedding."),
+    (r"^decoder\.prediction\.dec_rnn\.lstm\.", "predictor.lstm."),
+    (r"^joint\.pred\.", "joint.pred_proj."),
+    (r"^joint\.enc\.", "joint.enc_proj."),
+    (r"^joint\.joint_net\.2\.", "joint.head."),
+]
+_NEMO_SKIP = (r"^preprocessor\.", r"^encoder\.pos_enc\.", r"^loss\.", r"^wer\.", r"^spec_augment")
+
+
+def _rename(state: dict[str, torch.Tensor], rules: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Apply the first matching (pattern, replacement) rule to each key."""
+    out = {}
+    for key, value in state.items():
+        for a, b in rules:
+            new = re.sub(a, b, key)
+            if new != key:
+                key = new
+                break
+        out[key] = value
+    return out
+
+
+def ours_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return _rename(state, _OURS_TO_HF)
+
+
+def hf_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    rules = [("^" + re.escape(hf), ours.lstrip("^").replace("\\", "")) for ours, hf in _OURS_TO_HF]
+    return _rename(state, rules)
+
+
+def nemo_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    state = {k: v for k, v in state.items() if not any(re.match(p, k) for p in _NEMO_SKIP)}
+    return _rename(state, _NEMO_TO_OURS)
+
+
+def _load_state(model: ParakeetTDT, state: dict[str, torch.Tensor], source: str) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
+# ---- loading -------------------------------------------------------------------------------
+def load(source: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> ParakeetTDT:
+    """Load a model from a .nemo file, a transformers/our folder, an fsspec URI or a hub id (eval mode)."""
+    source = os.fspath(source)
+    if "://" in source and not source.startswith("file://"):
+        with tempfile.TemporaryDirectory(prefix="parakeet-ckpt-") as tmp:
+            model = _load_local(_fetch_remote(source, Path(tmp)), label=source)
+    else:
+        path = Path(source.removeprefix("file://"))
+        if not path.exists():
+            if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
+                path = _fetch_hub(source)
+            else:
+                raise CheckpointError(f"{source}: no such file or folder")
+        model = _load_local(path, label=source)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def _fetch_remote(uri: str, tmp: Path) -> Path:
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(uri)
+        if fs.isdir(root):
+            fs.get(root.rstrip("/") + "/", str(tmp / "ckpt") + "/", recursive=True)
+            return tmp / "ckpt"
+        if not fs.exists(root):
+            raise CheckpointError(f"{uri}: no such object")
+        dest = tmp / Path(root).name
+        fs.get(root, str(dest))
+        return dest
+    except CheckpointError:
+        raise
+    except Exception as e:  # fsspec backends raise many types; name the URI
+        raise CheckpointError(f"{uri}: cannot fetch checkpoint ({type(e).__name__}: {e})") from e
+
+
+def _fetch_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id))
+    except Exception as e:
+        raise CheckpointError(f"{repo_id}: not a local path, and the hub download failed ({type(e).__name__}: {e})") from e
+
+
+def _load_local(path: Path, label: str) -> ParakeetTDT:
+    if path.is_dir():
+        if (path / OUR_CONFIG).exists() or (path / "config.json").exists():
+            return _load_folder(path, label)
+        nemos = sorted(path.glob("*.nemo"))
+        if len(nemos) == 1:
+            return _load_nemo(nemos[0], label)
+        raise CheckpointError(f"{label}: folder has no config.json / {OUR_CONFIG} and no single .nemo file")
+    if tarfile.is_tarfile(path):
+        return _load_nemo(path, label)
+    raise CheckpointError(f"{label}: not a .nemo archive (tar) nor a checkpoint folder")
+
+
+def _read_json(path: Path, label: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{label}: cannot read {path.name} ({e})") from e
+
+
+def _load_folder(folder: Path, label: str) -> ParakeetTDT:
+    if (folder / OUR_CONFIG).exists():
+        config = ModelConfig.from_dict(_read_json(folder / OUR_CONFIG, label))
+    else:
+        pre = _read_json(folder / "preprocessor_config.json", label) if (folder / "preprocessor_config.json").exists() else None
+        config = config_from_hf(_read_json(folder / "config.json", label), pre)
+    weights = folder / HF_WEIGHTS
+    if not weights.exists():
+        raise CheckpointError(f"{label}: {HF_WEIGHTS} is missing")
+    try:
+        state = load_file(str(weights))
+    except Exception as e:
+        raise CheckpointError(f"{label}: cannot read {HF_WEIGHTS} ({e})") from e
+    try:
+        tokenizer = Tokenizer.from_folder(folder)
+    except FileNotFoundError:
+        tokenizer = None
+    model = ParakeetTDT(config, tokenizer)
+    _load_state(model, hf_to_ours(state), label)
+    return model
+
+
+def _safe_members(tar: tarfile.TarFile, label: str) -> list[tarfile.TarInfo]:
+    members = []
+    for m in tar.getmembers():
+        name = os.path.normpath(m.name)
+        if m.isdir():
+            continue
+        if not m.isfile() or os.path.isabs(name) or name.startswith(".."):
+            raise CheckpointError(f"{label}: unsafe archive member {m.name!r} (links and paths outside are refused)")
+        members.append(m)
+    return members
+
+
+def _load_nemo(path: Path, label: str) -> ParakeetTDT:
+    try:
+        with tarfile.open(path) as tar, tempfile.TemporaryDirectory(prefix="parakeet-nemo-") as tmp:
+            files = {}
+            for m in _safe_members(tar, label):
+                dest = Path(tmp) / os.path.basename(os.path.normpath(m.name))
+                with tar.extractfile(m) as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                files[dest.name] = dest
+            return _build_from_nemo_files(files, label)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise CheckpointError(f"{label}: unreadable .nemo archive ({e})") from e
+
+
+def _build_from_nemo_files(files: dict[str, Path], label: str) -> ParakeetTDT:
+    if "model_config.yaml" not in files or "model_weights.ckpt" not in files:
+        raise CheckpointError(f"{label}: .nemo archive lacks model_config.yaml or model_weights.ckpt")
+    try:
+        cfg = yaml.safe_load(files["model_config.yaml"].read_text())
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{label}: bad model_config.yaml ({e})") from e
+    config = config_from_nemo(cfg)
+    tok_path = str((cfg.get("tokenizer") or {}).get("model_path") or "")
+    tok_name = os.path.basename(tok_path.removeprefix("nemo:"))
+    if tok_name not in files:
+        candidates = [n for n in files if n.endswith("tokenizer.model")]
+        if len(candidates) != 1:
+            raise CheckpointError(f"{label}: SentencePiece tokenizer {tok_name!r} not found in the archive")
+        tok_name = candidates[0]
+    tokenizer = Tokenizer(spm_path=files[tok_name])
+    state = torch.load(files["model_weights.ckpt"], map_location="cpu", weights_only=True)
+    model = ParakeetTDT(config, _detach(tokenizer))
+    _load_state(model, nemo_to_ours(state), label)
+    return model
+
+
+def _detach(tokenizer: Tokenizer) -> Tokenizer:
+    """Copy a tokenizer file out of a temporary folder into a private temp file that outlives it."""
+    fd, tmp = tempfile.mkstemp(prefix="parakeet-tok-", suffix=tokenizer.path.suffix)
+    os.close(fd)
+    shutil.copyfile(tokenizer.path, tmp)
+    return Tokenizer(spm_path=tmp) if tokenizer.path.suffix == ".model" else Tokenizer(hf_path=tmp)
+
+
+# ---- saving --------------------------------------------------------------------------------
+def save(model: ParakeetTDT, folder: str | os.PathLike) -> Path:
+    """Write `folder` (created if needed; a local path or fsspec URI): transformers layout + our config."""
+    folder = os.fspath(folder)
+    if "://" in folder and not folder.startswith("file://"):
+        import fsspec
+
+        with tempfile.TemporaryDirectory(prefix="parakeet-save-") as tmp:
+            save(model, tmp)
+            fs, root = fsspec.core.url_to_fs(folder)
+            fs.makedirs(root, exist_ok=True)
+            fs.put(tmp.rstrip("/") + "/", root.rstrip("/") + "/", recursive=True)
+        return Path(folder)
+    out = Path(folder.removeprefix("file://"))
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(ours_to_hf(state), str(out / HF_WEIGHTS), metadata={"format": "pt"})
+    (out / OUR_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
+    try:
+        hf = config_to_hf(model.config)
+    except ConfigError:
+        hf = None  # an architecture transformers cannot express: our config alone describes it
+    if hf is not None:
+        (out / "config.json").write_text(json.dumps(hf, indent=2))
+        (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_to_hf(model.config), indent=2))
+    if model.tokenizer is not None:
+        model.tokenizer.save(out)
+    return out

@@ -1,0 +1,55 @@
+"""FastConformer dw_striding subsampling: 8x time reduction with depthwise-separable 2-D convs."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import EncoderConfig
+
+KERNEL, STRIDE, PAD = 3, 2, 1  # every conv in the stack
+
+
+def conv_output_lengths(lengths: torch.Tensor, n_convs: int) -> torch.Tensor:
+    """Frames left after `n_convs` stride-2 convs (kernel 3, padding 1): floor((L + 2 - 3) / 2) + 1 each."""
+    for _ in range(n_convs):
+        lengths = torch.div(lengths + 2 * PAD - KERNEL, STRIDE, rounding_mode="floor") + 1
+    return lengths
+
+
+class Subsampling(nn.Module):
+    """`forward(features (B, n_mels, F), lengths (B,)) -> (x (B, T, d_model), lengths (B,))`.
+
+    Layer indices follow NeMo / transformers: conv 0 (1 -> C, stride 2), ReLU, then per further
+    stage a depthwise stride-2 conv, a pointwise conv and a ReLU. Time steps past each row's length
+    are zeroed after every conv, as NeMo 3.0 (MaskedConvSequential) and transformers do, so a
+    row's output does not depend on how much padding its batch has.
+    """
+
+    def __init__(self, n_mels: int, cfg: EncoderConfig):
+        super().__init__()
+        self.n_stages = int(math.log2(cfg.subsampling_factor))
+        c = cfg.subsampling_conv_channels
+        layers: list[nn.Module] = [nn.Conv2d(1, c, KERNEL, STRIDE, PAD), nn.ReLU()]
+        for _ in range(self.n_stages - 1):
+            layers += [nn.Conv2d(c, c, KERNEL, STRIDE, PAD, groups=c), nn.Conv2d(c, c, 1), nn.ReLU()]
+        self.layers = nn.ModuleList(layers)
+        freq = n_mels
+        for _ in range(self.n_stages):
+            freq = (freq + 2 * PAD - KERNEL) // STRIDE + 1
+        self.linear = nn.Linear(c * freq, cfg.d_model)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = features.transpose(1, 2).unsqueeze(1)  # (B, 1, F, n_mels)
+        cur = lengths
+        for layer in self.layers:
+            x = layer(x)
+            if isinstance(layer, nn.Conv2d):  # mask after every conv: a pointwise bias must not leak
+                if layer.stride != (1, 1):
+                    cur = conv_output_lengths(cur, 1)
+                keep = torch.arange(x.shape[2], device=x.device)[None, :] < cur[:, None]  # (B, T')
+                x = x * keep[:, None, :, None].to(x.dtype)
+        b, c, t, f = x.shape
+        x = self.linear(x.transpose(1, 2).reshape(b, t, c * f))  # (B, T, C * F') -> (B, T, d_model)
+        return x, cur

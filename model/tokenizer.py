@@ -1,0 +1,88 @@
+"""Text <-> token ids: a SentencePiece model (from .nemo archives and our folders) or a Hugging Face
+`tokenizers` tokenizer.json (transformers ParakeetForTDT folders). Ids exclude the blank."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+SPM_FILE = "tokenizer.model"
+HF_FILE = "tokenizer.json"
+
+
+class Tokenizer:
+    """`encode(text) -> ids`, `decode(ids) -> text`, `id_to_piece(id) -> '▁piece'`, `vocab_size`."""
+
+    def __init__(self, spm_path: str | os.PathLike | None = None, hf_path: str | os.PathLike | None = None):
+        if (spm_path is None) == (hf_path is None):
+            raise ValueError("give exactly one of spm_path / hf_path")
+        self._spm = self._hf = None
+        if spm_path is not None:
+            import sentencepiece as spm
+
+            self.path = Path(spm_path)
+            self._spm = spm.SentencePieceProcessor(model_file=str(spm_path))
+            self.pieces = [self._spm.id_to_piece(i) for i in range(self._spm.get_piece_size())]
+        else:
+            from tokenizers import Tokenizer as HFTokenizer
+
+            self.path = Path(hf_path)
+            self._hf = HFTokenizer.from_file(str(hf_path))
+            vocab = self._hf.get_vocab(with_added_tokens=True)
+            inverse = {i: p for p, i in vocab.items()}
+            # transformers folders include the blank/pad token as the last id: it is not text
+            n = max(inverse) + 1
+            self.pieces = [inverse.get(i, "") for i in range(n)]
+            if self.pieces and self.pieces[-1] in ("<pad>", "<blank>", "<unk_blank>"):
+                self.pieces = self.pieces[:-1]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces)
+
+    def encode(self, text: str) -> list[int]:
+        if self._spm is not None:
+            return list(self._spm.encode(text))
+        return list(self._hf.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        ids = [int(i) for i in ids]
+        if self._spm is not None:
+            return self._spm.decode(ids)
+        return self._hf.decode(ids, skip_special_tokens=False)
+
+    def id_to_piece(self, i: int) -> str:
+        return self.pieces[int(i)]
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Copy the tokenizer file into `folder` (tokenizer.model or tokenizer.json)."""
+        dest = Path(folder) / (SPM_FILE if self._spm is not None else HF_FILE)
+        if dest.resolve() != self.path.resolve():
+            shutil.copyfile(self.path, dest)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike) -> "Tokenizer":
+        folder = Path(folder)
+        if (folder / SPM_FILE).exists():
+            return cls(spm_path=folder / SPM_FILE)
+        if (folder / HF_FILE).exists():
+            return cls(hf_path=folder / HF_FILE)
+        raise FileNotFoundError(f"{folder}: no {SPM_FILE} or {HF_FILE}")
+
+
+def train_sentencepiece(texts: list[str], folder: str | os.PathLike, vocab_size: int, model_type: str = "bpe") -> Tokenizer:
+    """Train a SentencePiece model on `texts`, write folder/tokenizer.model, return it."""
+    import io
+
+    import sentencepiece as spm
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size, model_type=model_type,
+        character_coverage=1.0, bos_id=-1, eos_id=-1, unk_id=0, hard_vocab_limit=False,
+        split_digits=True, num_threads=1, minloglevel=2,
+    )
+    (folder / SPM_FILE).write_bytes(buf.getvalue())
+    return Tokenizer(spm_path=folder / SPM_FILE)
