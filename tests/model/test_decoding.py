@@ -1,0 +1,167 @@
+"""Batched greedy TDT decoding against a slow, obviously correct per-utterance reference
+(a line-by-line port of NeMo 3.0's batch-size-1 `GreedyTDTInfer._greedy_decode`)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from model.decoding import Hypothesis, greedy_tdt
+from tests.model.helpers import tiny_model
+
+
+def reference_greedy(enc, length, predictor, joint, blank, durations, max_symbols):
+    """NeMo's bs1 loop, one utterance: enc (T, D)."""
+    tokens, frames, durs = [], [], []
+    last, state = blank, None
+    g, hidden = predictor(torch.tensor([[last]]), state)
+    time_idx = 0
+    while time_idx < length:
+        f = joint.project_encoder(enc[time_idx])
+        symbols_added, need_loop = 0, True
+        while need_loop and symbols_added < max_symbols:
+            g, hidden_prime = predictor(torch.tensor([[last]]), state)
+            logits = joint.combine(f, joint.project_predictor(g[0, 0])).float()
+            k = int(logits[: blank + 1].argmax())
+            skip = durations[int(logits[blank + 1 :].argmax())]
+            if k != blank:
+                tokens.append(k)
+                frames.append(time_idx)
+                durs.append(skip)
+                state, last = hidden_prime, k
+            symbols_added += 1
+            time_idx += skip
+            need_loop = skip == 0
+        if symbols_added == max_symbols:
+            time_idx += 1
+    return Hypothesis(tuple(tokens), tuple(frames), tuple(durs))
+
+
+class ScriptedPredictor(nn.Module):
+    """Prediction 'network' whose output is a one-hot of how many labels it has consumed."""
+
+    def __init__(self, blank, width=64):
+        super().__init__()
+        self.blank, self.width = blank, width
+
+    def forward(self, tokens, state=None):
+        b = tokens.shape[0]
+        count = torch.zeros(1, b, 1) if state is None else state[0]
+        count = count + (tokens[:, -1] != self.blank).float().view(1, b, 1)
+        out = nn.functional.one_hot(count[0, :, 0].long().clamp(max=self.width - 1), self.width).float()
+        return out[:, None, :], (count, count.clone())
+
+
+class ScriptedJoint(nn.Module):
+    """Joint that returns table[t, u] for encoder frame t (one-hot input) and label count u."""
+
+    def __init__(self, table):  # table (T, U, V + 1 + n_dur)
+        super().__init__()
+        self.table = table
+
+    def project_encoder(self, enc):
+        return enc  # one-hot frame index
+
+    def project_predictor(self, pred):
+        return pred  # one-hot label count
+
+    def combine(self, f, g):
+        t = f.argmax(-1)
+        u = g.argmax(-1)
+        return self.table[t, u]
+
+
+def scripted(T, U, V, durations, script, b=1):
+    """script: {(t, u): (label, duration_index)}; default is blank with duration index 1."""
+    n_dur = len(durations)
+    table = torch.zeros(T, 64, V + 1 + n_dur)
+    table[:, :, V] = 5.0  # blank
+    table[:, :, V + 1 + 1] = 5.0  # duration index 1
+    for (t, u), (label, di) in script.items():
+        table[t, u, :] = 0.0
+        table[t, u, label] = 5.0
+        table[t, u, V + 1 + di] = 5.0
+    enc = torch.eye(T)[None].repeat(b, 1, 1)  # (B, T, T) one-hot frames
+    return enc, ScriptedPredictor(V), ScriptedJoint(table)
+
+
+def run_both(enc, lengths, pred, joint, blank, durations, max_symbols=10):
+    batched = greedy_tdt(enc, lengths, pred, joint, blank, durations, max_symbols)
+    refs = [reference_greedy(enc[i], int(lengths[i]), pred, joint, blank, durations, max_symbols) for i in range(len(enc))]
+    return batched, refs
+
+
+DUR = (0, 1, 2, 3, 4)
+
+
+def test_token_with_zero_duration_stays_on_frame():
+    enc, p, j = scripted(6, 4, 5, DUR, {(0, 0): (1, 0), (0, 1): (2, 2), (2, 2): (3, 1)})
+    (h,), (r,) = run_both(enc, torch.tensor([6]), p, j, 5, DUR)
+    assert h == r
+    assert h.token_ids == (1, 2, 3) and h.frames == (0, 0, 2) and h.durations == (0, 2, 1)
+
+
+def test_blank_with_zero_duration_advances_one_frame():
+    enc, p, j = scripted(5, 4, 5, DUR, {(1, 0): (5, 0), (2, 0): (4, 1)})  # label 5 = blank, duration 0
+    (h,), (r,) = run_both(enc, torch.tensor([5]), p, j, 5, DUR)
+    assert h == r and h.token_ids == (4,) and h.frames == (2,)
+
+
+def test_max_symbols_guard_then_extra_frame():
+    # every (frame 0, u) emits label 1 with duration 0: the guard must fire after 3 symbols
+    script = {(0, u): (1, 0) for u in range(10)}
+    script[(0, 2)] = (1, 2)  # the 3rd symbol has duration 2: NeMo still adds the +1
+    enc, p, j = scripted(8, 10, 5, DUR, script)
+    (h,), (r,) = run_both(enc, torch.tensor([8]), p, j, 5, DUR, max_symbols=3)
+    assert h == r
+    assert h.frames[:3] == (0, 0, 0)
+    assert h.token_ids == (1, 1, 1)
+
+
+def test_guard_on_endless_zero_duration_labels():
+    script = {(t, u): (2, 0) for t in range(4) for u in range(40)}
+    enc, p, j = scripted(4, 40, 5, DUR, script)
+    (h,), (r,) = run_both(enc, torch.tensor([4]), p, j, 5, DUR, max_symbols=10)
+    assert h == r and len(h.token_ids) == 40 and h.frames == tuple(t for t in range(4) for _ in range(10))
+
+
+def test_empty_and_batch_of_different_lengths():
+    enc, p, j = scripted(12, 8, 5, DUR, {(0, 0): (1, 3), (3, 1): (2, 0), (3, 2): (3, 4), (9, 3): (4, 1)}, b=4)
+    lengths = torch.tensor([12, 0, 4, 1])
+    hs, refs = run_both(enc, lengths, p, j, 5, DUR)
+    assert hs == refs
+    assert hs[1] == Hypothesis((), (), ())
+    assert hs[0].token_ids == (1, 2, 3, 4)
+    assert hs[2].token_ids == (1, 2, 3) and hs[3].token_ids == (1,)
+
+
+def test_all_rows_empty():
+    enc, p, j = scripted(3, 2, 5, DUR, {}, b=2)
+    assert greedy_tdt(enc[:, :0], torch.tensor([0, 0]), p, j, 5, DUR) == [Hypothesis((), (), ())] * 2
+
+
+def test_other_durations_list():
+    durs = (1, 2, 4, 8)
+    enc, p, j = scripted(20, 4, 5, durs, {(0, 0): (1, 3), (8, 1): (2, 2), (12, 2): (3, 0)})
+    (h,), (r,) = run_both(enc, torch.tensor([20]), p, j, 5, durs)
+    assert h == r and h.frames == (0, 8, 12) and h.durations == (8, 4, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("tok"), seed=3)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), b=st.integers(1, 5), max_symbols=st.sampled_from([1, 2, 10]))
+def test_random_tiny_model_batched_equals_reference(tiny, seed, b, max_symbols):
+    g = torch.Generator().manual_seed(seed)
+    t = 20
+    enc = torch.randn(b, t, tiny.config.encoder.d_model, generator=g) * 3
+    lengths = torch.randint(0, t + 1, (b,), generator=g)
+    # bias the duration head so zero durations and long skips both occur
+    with torch.no_grad():
+        hs, refs = run_both(enc, lengths, tiny.predictor, tiny.joint, tiny.config.blank_id, tiny.config.durations, max_symbols)
+    assert hs == refs
