@@ -54,6 +54,11 @@ class Tokenizer:
     def id_to_piece(self, i: int) -> str:
         return self.pieces[int(i)]
 
+    def piece_to_id(self, piece: str) -> int:
+        if not hasattr(self, "_piece_index"):
+            self._piece_index = {p: i for i, p in enumerate(self.pieces)}
+        return self._piece_index[piece]
+
     def save(self, folder: str | os.PathLike) -> None:
         """Copy the tokenizer file into `folder` (tokenizer.model or tokenizer.json)."""
         dest = Path(folder) / (SPM_FILE if self._spm is not None else HF_FILE)

@@ -1,0 +1,146 @@
+"""Token, word and segment timestamps from a decoded hypothesis, exactly as NeMo 3.0 computes them
+for TDT models with `transcribe(..., timestamps=True)`:
+
+- token i spans frames [frame_i, frame_i + duration_i) (`_compute_offsets_tdt`);
+- a punctuation token starts and ends where the previous token ended (`_refine_timestamps_tdt`;
+  NeMo saw punctuation predicted long after the word, after a silence);
+- words are built from SentencePiece pieces: a piece whose text differs from its decoded text
+  (a leading '▁') starts a word, punctuation attaches to the word before (`get_words_offsets`);
+- segments end at a word ending in '.', '?' or '!' (`get_segment_offsets`);
+- seconds = frame offset * window_stride * subsampling_factor (`process_timestamp_outputs`);
+- the text is the decoded ids with one space removed before each punctuation mark.
+
+"Punctuation" is NeMo's set: every Unicode punctuation character of every vocabulary piece that is
+not special (`<..>`, `[..]`, '▁..', '##..', blank) — `extract_punctuation_from_vocab`.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Callable, Sequence
+
+from .decoding import Hypothesis
+from .records import Segment, Token, Transcript, Word
+from .tokenizer import Tokenizer
+
+SEGMENT_DELIMITERS = (".", "?", "!")
+WORD_DELIMITER = " "
+_SPECIAL = [re.compile(p) for p in (r"^\[.*\]$", r"^<.*>$", r"^##", r"^▁", r"^\s*$")]
+
+
+def supported_punctuation(pieces: Sequence[str]) -> frozenset[str]:
+    """NeMo's `extract_punctuation_from_vocab`."""
+    return frozenset(
+        ch
+        for piece in pieces
+        if not any(p.match(piece) for p in _SPECIAL)
+        for ch in piece
+        if unicodedata.category(ch).startswith("P")
+    )
+
+
+def clean_text(text: str, punctuation: frozenset[str]) -> str:
+    """Drop one whitespace before each punctuation mark, as NeMo's decoded text does."""
+    if not punctuation:
+        return text
+    pattern = re.compile(r"(\s)(" + "|".join(re.escape(p) for p in sorted(punctuation)) + ")")
+    return pattern.sub(r"\2", text)
+
+
+def token_offsets(hyp: Hypothesis, tokenizer: Tokenizer, punctuation: frozenset[str]) -> list[dict]:
+    """Per token: id, piece, decoded text, start/end frame offsets after punctuation snapping."""
+    offsets = []
+    for tid, frame, dur in zip(hyp.token_ids, hyp.frames, hyp.durations):
+        text = tokenizer.decode([tid])
+        start, end = frame, frame + dur
+        if text in punctuation and offsets:  # snap to the previous token's (refined) end
+            start = end = offsets[-1]["end"]
+        offsets.append({"id": tid, "piece": tokenizer.id_to_piece(tid), "text": text, "start": start, "end": end})
+    return offsets
+
+
+def word_offsets(tokens: list[dict], punctuation: frozenset[str], pieces_to_text: Callable[[list[str]], str]) -> list[dict]:
+    """NeMo's `get_words_offsets` for SentencePiece ('bpe') tokenizers, on token_offsets' output."""
+    words: list[dict] = []
+    built: list[str] = []
+    first = 0  # index of the first token of the word being built
+    for i, tok in enumerate(tokens):
+        text, piece = tok["text"], tok["piece"]
+        is_punct = bool(punctuation) and text in punctuation and text != WORD_DELIMITER
+        nxt = next((t["text"] for t in tokens[i + 1 :] if t["text"] and t["text"] != WORD_DELIMITER), None)
+        starts_word = piece != text or (text == WORD_DELIMITER and nxt not in punctuation)
+        if starts_word and not is_punct:
+            if built:
+                words.append({"word": pieces_to_text(built), "start": tokens[first]["start"], "end": tokens[i - 1]["end"]})
+            built = []
+            if text != WORD_DELIMITER:
+                built.append(piece)
+                first = i
+        elif is_punct and not built and words:  # punctuation after a finished word: attach it
+            words[-1]["end"] = tok["end"]
+            if words[-1]["word"].endswith(" "):
+                words[-1]["word"] = words[-1]["word"][:-1]
+            words[-1]["word"] += text
+        elif is_punct and built:
+            if built[-1] in (" ", "_", "▁"):
+                built = built[:-1]
+            built.append(piece)
+        else:
+            if not built:
+                first = i
+            built.append(piece)
+    if not words:
+        if built:
+            words.append({"word": pieces_to_text(built), "start": tokens[0]["start"], "end": tokens[-1]["end"]})
+    else:
+        words[0]["start"] = tokens[0]["start"]
+        if built:
+            words.append({"word": pieces_to_text(built), "start": tokens[first]["start"], "end": tokens[-1]["end"]})
+    return words
+
+
+def segment_offsets(words: list[dict], delimiters: Sequence[str] = SEGMENT_DELIMITERS) -> list[dict]:
+    """NeMo's `get_segment_offsets` without a gap threshold."""
+    segments, current, first = [], [], 0
+    for i, w in enumerate(words):
+        text = w["word"]
+        if text and (text[-1] in delimiters or text in delimiters):
+            current.append(text)
+            segments.append({"segment": " ".join(current), "start": words[first]["start"], "end": w["end"]})
+            current, first = [], i + 1
+            continue
+        current.append(text)
+    if current:
+        segments.append({"segment": " ".join(current), "start": words[first]["start"], "end": words[-1]["end"]})
+    return segments
+
+
+def build_transcript(
+    hyp: Hypothesis,
+    tokenizer: Tokenizer,
+    window_stride: float,
+    subsampling_factor: int,
+    audio_seconds: float,
+    punctuation: frozenset[str] | None = None,
+    timestamps: bool = True,
+) -> Transcript:
+    """Hypothesis -> Transcript record with times in seconds (frame * window_stride * subsampling)."""
+    if punctuation is None:
+        punctuation = supported_punctuation(tokenizer.pieces)
+    text = clean_text(tokenizer.decode(list(hyp.token_ids)), punctuation)
+    if not timestamps:
+        return Transcript(text=text, duration=audio_seconds, frames=hyp.frames, durations=hyp.durations)
+    sec = lambda frames: frames * window_stride * subsampling_factor  # noqa: E731  (NeMo's order of operations)
+    toks = token_offsets(hyp, tokenizer, punctuation)
+    pieces_to_text = lambda pieces: tokenizer.decode([tokenizer.piece_to_id(p) for p in pieces])  # noqa: E731
+    words = word_offsets(toks, punctuation, pieces_to_text)
+    segs = segment_offsets(words)
+    return Transcript(
+        text=text,
+        tokens=tuple(Token(t["id"], t["text"], sec(t["start"]), sec(t["end"])) for t in toks),
+        words=tuple(Word(w["word"], sec(w["start"]), sec(w["end"])) for w in words),
+        segments=tuple(Segment(s["segment"], sec(s["start"]), sec(s["end"])) for s in segs),
+        duration=audio_seconds,
+        frames=hyp.frames,
+        durations=hyp.durations,
+    )
