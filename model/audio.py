@@ -52,7 +52,8 @@ def decode_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE, name: str 
     try:
         data, sr = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioDecodeError(label, f"cannot decode audio ({e})") from e
+        reason = getattr(e, "error_string", None) or str(e)  # libsndfile's reason, without the BytesIO repr
+        raise AudioDecodeError(label, f"cannot decode audio ({reason})") from e
     if data.shape[0] == 0:
         raise AudioDecodeError(label, "no audio samples (zero length)")
     if not np.isfinite(data).all():

@@ -21,3 +21,35 @@ TRANSCRIPT_SCHEMA = pa.schema(
         pa.field("processed_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+
+# Columns the Transcriber adds for observability; the Parquet sink drops them (not in the table).
+DEBUG_COLUMNS = ("actor_id", "gpu_ids")
+
+
+def transcript_row(audio_uri: str, transcript, sample_rate: int, model: str, processed_at) -> dict:
+    """A successful row from a `model.records.Transcript` (times in seconds)."""
+    return {
+        "audio_uri": audio_uri,
+        "duration_s": float(transcript.duration),
+        "sample_rate": int(sample_rate),
+        "text": transcript.text,
+        "tokens": [{"id": t.id, "text": t.text, "start_s": t.start, "end_s": t.end} for t in transcript.tokens],
+        "words": [{"word": w.text, "start_s": w.start, "end_s": w.end} for w in transcript.words],
+        "segments": [{"text": s.text, "start_s": s.start, "end_s": s.end} for s in transcript.segments],
+        "model": model,
+        "error": None,
+        "processed_at": processed_at,
+    }
+
+
+def error_row(audio_uri: str, error: str, model: str, processed_at, duration_s=None, sample_rate=None) -> dict:
+    """A row for an input that could not be transcribed: `error` says why, text is null."""
+    return {
+        "audio_uri": audio_uri, "duration_s": duration_s, "sample_rate": sample_rate, "text": None,
+        "tokens": None, "words": None, "segments": None, "model": model, "error": error, "processed_at": processed_at,
+    }
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    """Rows (dicts with exactly the schema's columns) -> a table with TRANSCRIPT_SCHEMA."""
+    return pa.Table.from_pylist(rows, schema=TRANSCRIPT_SCHEMA)

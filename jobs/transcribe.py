@@ -1,0 +1,121 @@
+"""`parakeet-ray transcribe INPUT OUTPUT`: batch transcription to Parquet on Ray (see docs/pipeline.md)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+# The bundled demo model (trained by the project, a few MB); used when --model is not given.
+DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "model" / "pretrained" / "parakeet-tdt-demo")
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name on the Hugging Face hub
+
+
+class UsageError(Exception):
+    """A bad argument, missing INPUT/model or unwritable OUTPUT: printed without a traceback, exit 2."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "transcribe",
+        help="transcribe a folder/bucket prefix or manifest of audio into Parquet transcripts",
+        description="Transcribe every audio file under INPUT (a folder, an fsspec URI prefix such as s3://bucket/audio/, "
+        "or a Parquet/CSV/JSONL manifest with an audio_uri column) into OUTPUT/transcripts/*.parquet. "
+        "Rerunning the same command resumes: inputs already in OUTPUT are skipped.",
+    )
+    p.add_argument("input", metavar="INPUT", help="folder, URI prefix, single file, or manifest (.parquet/.csv/.jsonl)")
+    p.add_argument("output", metavar="OUTPUT", help="output folder or URI prefix")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="model folder, .nemo file, fsspec URI or Hugging Face hub id (default: the bundled demo model)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join: 'auto', 'ray://host:10001', or host:port; default: start a local Ray")
+    p.add_argument("--actors", type=int, default=None, help="model actors (default: one per GPU, or 1 without GPUs)")
+    p.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 if the cluster has GPUs, else 0)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor; also torch threads on CPU (default: 1)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: cuda when the actor holds a GPU, else cpu")
+    p.add_argument("--batch-seconds", type=float, default=None, help="padded audio seconds per model call (default: 600)")
+    p.add_argument("--chunk-seconds", type=float, default=None,
+                   help="inputs longer than this are split at pauses and stitched (default: 300)")
+    p.add_argument("--extensions", default=None, help="comma-separated file extensions to pick up under INPUT (default: common audio)")
+    p.add_argument("--limit", type=int, default=None, help="transcribe at most N new inputs this run")
+    p.add_argument("--rows-per-file", type=int, default=None, help="rows per output Parquet file (default: 256)")
+    p.add_argument("--storage-options", default=None, help='JSON of fsspec options, e.g. \'{"anon": false, "profile": "x"}\'')
+    p.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    p.set_defaults(func=run_command)
+
+
+def build_config(args: argparse.Namespace):
+    """argparse namespace -> pipeline.job.TranscribeConfig, validating early with clear messages."""
+    from pipeline.job import TranscribeConfig
+    from pipeline.sources import normalise_extensions
+
+    options = {}
+    if args.storage_options:
+        try:
+            options = json.loads(args.storage_options)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--storage-options is not valid JSON: {e}") from e
+        if not isinstance(options, dict):
+            raise UsageError("--storage-options must be a JSON object")
+    model_uri = args.model
+    if "://" not in model_uri and not os.path.exists(model_uri) and not HUB_ID.fullmatch(model_uri):
+        hint = " (the bundled demo model is not built in this checkout; pass --model)" if model_uri == DEFAULT_MODEL else ""
+        raise UsageError(f"model {model_uri} does not exist{hint}")
+    extra = {}
+    for name in ("batch_seconds", "chunk_seconds", "rows_per_file"):
+        if getattr(args, name) is not None:
+            extra[name] = getattr(args, name)
+    if args.extensions:
+        extra["extensions"] = normalise_extensions(args.extensions.split(","))
+    try:
+        return TranscribeConfig(
+            input_uri=args.input, output_uri=args.output, model_uri=model_uri, actors=args.actors,
+            gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, device=args.device,
+            limit=args.limit, storage_options=options, progress=not args.no_progress, **extra,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
+def connect(address: str | None) -> bool:
+    """Join `address`, or start an embedded local Ray; True if this call started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False  # already connected (a notebook, a test, or `ray job submit` driver)
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # More logical CPUs than cores: decode tasks, the model actor and commit tasks must all be
+        # schedulable at once, or a 2-core machine starves the pipeline (they mostly wait on I/O).
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+    return True
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from pipeline.job import format_summary, prepare, run
+    from pipeline.sink import OutputError
+    from pipeline.sources import InputError
+
+    try:
+        cfg = build_config(args)
+        plan = prepare(cfg)  # INPUT and OUTPUT are checked before Ray starts
+        started = connect(args.address)
+        try:
+            summary = run(cfg, plan)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    except (UsageError, InputError, OutputError) as e:
+        print(f"parakeet-ray transcribe: error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    print(json.dumps(summary))
+    return 0  # per-input failures are rows with `error` set, counted in the summary

@@ -1,0 +1,190 @@
+"""The transcription job: list -> skip what is written -> decode (CPU tasks) -> Transcriber actors
+-> commit Parquet (CPU tasks), streamed by Ray Data; progress and a summary on the driver."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .batching import DEFAULT_BATCH_SECONDS
+from .decode import decode_batch
+from .longform import DEFAULT_CHUNK_SECONDS
+from .progress import Progress
+from .sink import DEFAULT_ROWS_PER_FILE, SUMMARY_FILE, check_writable, commit_batch, done_uris, sweep_tmp
+from .sources import DEFAULT_EXTENSIONS, filesystem, list_inputs
+from .transcriber import CRASH_ONCE_ENV, Transcriber
+
+DECODE_CPUS = 1.0  # per decode task
+MAX_BLOCK_ROWS = 32  # inputs per listing block: bounds decode-task size, keeps block count modest
+
+
+@dataclass(frozen=True)
+class TranscribeConfig:
+    """Everything one `parakeet-ray transcribe` run needs. None means "choose from the cluster"."""
+
+    input_uri: str
+    output_uri: str
+    model_uri: str
+    actors: int | None = None  # Transcriber actors; default: one per GPU (or 1 on CPU clusters)
+    gpus_per_actor: float | None = None  # default: 1 if the cluster has GPUs, else 0
+    cpus_per_actor: float = 1.0  # also the actor's torch thread count on CPU
+    device: str = "auto"  # auto: cuda when Ray assigned a GPU, else cpu
+    batch_seconds: float = DEFAULT_BATCH_SECONDS  # padded audio seconds per model call
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS  # longer inputs are chunked and stitched
+    window_rows: int = 32  # inputs handed to an actor per call (sorted and batched by duration inside)
+    decode_rows: int = 4  # inputs per decode batch
+    rows_per_file: int = DEFAULT_ROWS_PER_FILE  # rows per committed Parquet file
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    limit: int | None = None  # transcribe at most this many new inputs this run
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for INPUT and OUTPUT
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("batch_seconds", "chunk_seconds", "cpus_per_actor"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("window_rows", "decode_rows", "rows_per_file"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.actors is not None and self.actors < 1:
+            raise ValueError(f"actors must be >= 1, got {self.actors}")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise ValueError(f"gpus_per_actor must be >= 0, got {self.gpus_per_actor}")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit must be >= 0, got {self.limit}")
+
+
+def pending_inputs(cfg: TranscribeConfig) -> tuple[pa.Array, int]:
+    """(inputs still to transcribe, number skipped because OUTPUT already holds them)."""
+    inputs = pa.array(list_inputs(cfg.input_uri, cfg.extensions, cfg.storage_options or None), pa.string())
+    done = done_uris(cfg.output_uri, cfg.storage_options or None)
+    if len(done):
+        inputs = inputs.filter(pc.invert(pc.is_in(inputs, value_set=done)))
+    skipped = len(done)
+    if cfg.limit is not None:
+        inputs = inputs[: cfg.limit]
+    return inputs, skipped
+
+
+def resolve_resources(cfg: TranscribeConfig, cluster: dict[str, float]) -> tuple[int, float]:
+    """(actors, gpus per actor) from the config and `ray.cluster_resources()`."""
+    gpus = cluster.get("GPU", 0.0)
+    per_actor = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if gpus > 0 else 0.0)
+    if per_actor > gpus:
+        raise ValueError(f"--gpus-per-actor {per_actor:g} but the Ray cluster has {gpus:g} GPU(s)")
+    actors = cfg.actors if cfg.actors is not None else (max(1, int(gpus // per_actor)) if per_actor else 1)
+    return actors, per_actor
+
+
+def build_dataset(cfg: TranscribeConfig, inputs: pa.Array, actors: int, gpus_per_actor: float):
+    """The Ray Dataset of transcript rows (schema columns + actor_id/gpu_ids), not yet committed."""
+    import ray
+
+    block_rows = max(1, min(MAX_BLOCK_ROWS, math.ceil(len(inputs) / 64)))
+    blocks = [pa.table({"audio_uri": inputs[i : i + block_rows]}) for i in range(0, len(inputs), block_rows)]
+    options = cfg.storage_options or None
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(
+        decode_batch, batch_size=cfg.decode_rows, batch_format="numpy",
+        fn_kwargs={"storage_options": options},
+        # A remote-args function keeps Ray Data from fusing decoding into the model actors (it fuses
+        # stages with equal resources): decoding then overlaps inference instead of idling the GPU.
+        ray_remote_args_fn=_decode_resources,
+    )
+    return ds.map_batches(
+        Transcriber,
+        fn_constructor_kwargs=dict(
+            model_uri=_absolute(cfg.model_uri), model_label=cfg.model_uri, device=cfg.device,
+            batch_seconds=cfg.batch_seconds, chunk_seconds=cfg.chunk_seconds,
+            num_threads=max(1, int(cfg.cpus_per_actor)), crash_once_marker=os.environ.get(CRASH_ONCE_ENV),
+        ),
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        batch_size=cfg.window_rows, batch_format="numpy", num_cpus=cfg.cpus_per_actor, num_gpus=gpus_per_actor,
+    )
+
+
+def _decode_resources() -> dict[str, Any]:
+    return {"num_cpus": DECODE_CPUS}
+
+
+def _absolute(model_uri: str) -> str:
+    """A local model path made absolute so actors on any worker (cwd differs) find it."""
+    if "://" in model_uri or not os.path.exists(model_uri):
+        return model_uri  # fsspec URI or hub id
+    return os.path.abspath(model_uri)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will do, computed on the driver before Ray is involved (fails fast on bad INPUT/OUTPUT)."""
+
+    inputs: pa.Array  # audio URIs still to transcribe
+    skipped: int  # inputs OUTPUT already holds
+    swept: int  # temporaries of a killed run deleted from OUTPUT/_tmp
+    started: datetime
+    t0: float  # time.monotonic() at the start
+
+
+def prepare(cfg: TranscribeConfig) -> Plan:
+    """Check OUTPUT is writable, sweep leftovers, list INPUT and drop what is already written."""
+    started, t0 = datetime.now(timezone.utc), time.monotonic()
+    check_writable(cfg.output_uri, cfg.storage_options or None)
+    swept = sweep_tmp(cfg.output_uri, cfg.storage_options or None)
+    inputs, skipped = pending_inputs(cfg)
+    return Plan(inputs, skipped, swept, started, t0)
+
+
+def run(cfg: TranscribeConfig, plan: Plan | None = None) -> dict[str, Any]:
+    """Run the whole job on the connected Ray cluster; returns the summary (also OUTPUT/_summary.json)."""
+    import ray
+
+    plan = plan or prepare(cfg)
+    totals = {"files": 0, "errors": 0, "audio_s": 0.0, "committed_files": 0}
+    progress = Progress(len(plan.inputs), enabled=cfg.progress)
+    if len(plan.inputs):
+        actors, gpus_per_actor = resolve_resources(cfg, ray.cluster_resources())
+        ds = build_dataset(cfg, plan.inputs, actors, gpus_per_actor).map_batches(
+            commit_batch, batch_size=cfg.rows_per_file, batch_format="pyarrow",
+            fn_kwargs={"output_uri": cfg.output_uri, "storage_options": cfg.storage_options or None}, num_cpus=0.25,
+        )
+        for stats in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in stats.to_pylist():
+                totals["files"] += row["rows"]
+                totals["errors"] += row["errors"]
+                totals["audio_s"] += row["audio_s"]
+                totals["committed_files"] += 1
+            progress.update(totals["files"], totals["audio_s"], totals["errors"])
+    progress.close()
+    wall = time.monotonic() - plan.t0
+    summary = {
+        "input": cfg.input_uri, "output": cfg.output_uri, "model": cfg.model_uri,
+        "files": totals["files"], "errors": totals["errors"], "skipped_already_done": plan.skipped,
+        "output_rows": plan.skipped + totals["files"], "audio_seconds": round(totals["audio_s"], 3),
+        "audio_hours": round(totals["audio_s"] / 3600, 6), "wall_time_s": round(wall, 3),
+        "audio_seconds_per_second": round(totals["audio_s"] / wall, 3) if wall > 0 else 0.0,
+        "committed_files": totals["committed_files"], "swept_temporaries": plan.swept,
+        "started_at": plan.started.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),
+    }
+    write_summary(cfg, summary)
+    return summary
+
+
+def write_summary(cfg: TranscribeConfig, summary: dict[str, Any]) -> None:
+    fs, root = filesystem(cfg.output_uri, cfg.storage_options or None)
+    with fs.open(root.rstrip("/") + "/" + SUMMARY_FILE, "w") as f:
+        json.dump(summary, f, indent=2)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    return (
+        f"files {summary['files']} ({summary['errors']} errors, {summary['skipped_already_done']} already done), "
+        f"audio {summary['audio_hours']:.3f} h, wall {summary['wall_time_s']:.1f} s, "
+        f"{summary['audio_seconds_per_second']:.1f} audio-s/s -> {summary['output']}"
+    )

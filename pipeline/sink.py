@@ -1,0 +1,133 @@
+"""The Parquet sink: exactly-once commits to OUTPUT/transcripts/, and the resume skip-list.
+
+Layout of OUTPUT:
+    transcripts/part-<hash>.parquet   committed files: the table (only these are ever read)
+    _tmp/<uuid>.parquet               files being written; never read; swept on the next start
+    _summary.json                     the last run's summary
+
+Commit protocol (one file per bundle of rows): write the whole file under _tmp/, then move it to
+transcripts/. On a local or POSIX filesystem the move is an atomic rename; on S3/GCS it is a
+server-side copy, which makes the destination object appear whole or not at all, then a delete
+of the temporary. A reader listing transcripts/ therefore never sees a partial file.
+
+The committed name is a hash of the rows' audio_uris, so if Ray retries a write task whose
+commit already happened (worker lost after the move), the retry rewrites the same name with the
+same rows instead of adding a duplicate file.
+"""
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .schema import TRANSCRIPT_SCHEMA
+from .sources import filesystem
+
+TRANSCRIPTS_DIR = "transcripts"
+TMP_DIR = "_tmp"
+SUMMARY_FILE = "_summary.json"
+DEFAULT_ROWS_PER_FILE = 256  # rows per committed Parquet file
+
+
+class OutputError(OSError):
+    """OUTPUT cannot be created or written; the message names it."""
+
+
+def _join(base: str, *parts: str) -> str:
+    return posixpath.join(base.rstrip("/"), *parts)
+
+
+def committed_name(audio_uris: list[str]) -> str:
+    """Deterministic file name for a bundle of rows (see module docstring)."""
+    h = hashlib.sha256("\n".join(sorted(audio_uris)).encode()).hexdigest()[:32]
+    return f"part-{h}.parquet"
+
+
+def check_writable(output_uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Create OUTPUT/_tmp and write, read back and delete a probe; raise OutputError naming OUTPUT."""
+    try:
+        fs, root = filesystem(output_uri, storage_options)
+        tmp = _join(root, TMP_DIR)
+        fs.makedirs(tmp, exist_ok=True)
+        fs.makedirs(_join(root, TRANSCRIPTS_DIR), exist_ok=True)
+        probe = _join(tmp, f"probe-{uuid.uuid4().hex}")
+        with fs.open(probe, "wb") as f:
+            f.write(b"ok")
+        fs.rm(probe)
+    except Exception as e:  # noqa: BLE001 - any failure here means "cannot write OUTPUT"; re-raised with its name
+        raise OutputError(f"OUTPUT {output_uri} is not writable: {type(e).__name__}: {e}") from e
+
+
+def sweep_tmp(output_uri: str, storage_options: dict[str, Any] | None = None) -> int:
+    """Delete temporaries left by a killed run; returns how many. One job per OUTPUT at a time."""
+    fs, root = filesystem(output_uri, storage_options)
+    tmp = _join(root, TMP_DIR)
+    leftovers = [p for p in fs.find(tmp) if not p.rsplit("/", 1)[-1].startswith("probe-")] if fs.exists(tmp) else []
+    for p in leftovers:
+        fs.rm(p)
+    return len(leftovers)
+
+
+def committed_files(output_uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Paths (inside the filesystem) of every committed Parquet file under OUTPUT/transcripts/."""
+    fs, root = filesystem(output_uri, storage_options)
+    folder = _join(root, TRANSCRIPTS_DIR)
+    if not fs.exists(folder):
+        return []
+    return sorted(p for p in fs.find(folder) if p.endswith(".parquet"))
+
+
+def done_uris(output_uri: str, storage_options: dict[str, Any] | None = None) -> pa.Array:
+    """The audio_uri column of every committed file (only that column is read)."""
+    fs, _ = filesystem(output_uri, storage_options)
+    chunks = []
+    for path in committed_files(output_uri, storage_options):
+        with fs.open(path, "rb") as f:
+            chunks.append(pq.read_table(f, columns=["audio_uri"]).column("audio_uri").combine_chunks())
+    if not chunks:
+        return pa.array([], pa.string())
+    return pa.concat_arrays([c.cast(pa.string()) for c in chunks])
+
+
+def read_output(output_uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """Every committed row of OUTPUT as one table (for tests and small outputs)."""
+    fs, _ = filesystem(output_uri, storage_options)
+    tables = []
+    for path in committed_files(output_uri, storage_options):
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f, schema=TRANSCRIPT_SCHEMA))
+    return pa.concat_tables(tables) if tables else TRANSCRIPT_SCHEMA.empty_table()
+
+
+def commit_batch(batch: pa.Table, output_uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """Ray Data stage (a task): a bundle of transcript rows -> one committed Parquet file.
+
+    Extra columns (the Transcriber's debug columns) are dropped. Returns one stats row per file
+    (file, rows, errors, audio seconds), which the driver sums for the progress bar and summary.
+    """
+    table = batch.select(TRANSCRIPT_SCHEMA.names).cast(TRANSCRIPT_SCHEMA)
+    name = commit(table, output_uri, storage_options)
+    errors = table.column("error").is_valid()
+    durations = table.column("duration_s").fill_null(0.0)
+    return pa.table({
+        "file": [name],
+        "rows": [table.num_rows],
+        "errors": [int(pc.sum(errors.cast(pa.int64())).as_py() or 0)],
+        "audio_s": [float(pc.sum(durations).as_py() or 0.0)],
+    })
+
+
+def commit(table: pa.Table, output_uri: str, storage_options: dict[str, Any] | None = None) -> str:
+    """Write `table` to OUTPUT/_tmp/, move it into OUTPUT/transcripts/; returns the committed name."""
+    fs, root = filesystem(output_uri, storage_options)
+    name = committed_name(table.column("audio_uri").to_pylist())
+    tmp = _join(root, TMP_DIR, f"{uuid.uuid4().hex}.parquet")
+    with fs.open(tmp, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+    fs.mv(tmp, _join(root, TRANSCRIPTS_DIR, name))
+    return name

@@ -1,0 +1,157 @@
+"""The model stage: a callable class Ray Data runs as a pool of actors (one GPU each when present).
+
+The model is loaded once per actor in `__init__`. `__call__` takes a plain dict batch (the
+decode stage's columns) and returns a `pyarrow.Table` with the output schema plus the debug
+columns `actor_id`/`gpu_ids`; it needs no Ray, so it is unit-tested directly.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+import model
+
+from .batching import DEFAULT_BATCH_SECONDS, plan_batches
+from .longform import DEFAULT_CHUNK_SECONDS, SAMPLE_RATE, split_points, stitch
+from .schema import TRANSCRIPT_SCHEMA, error_row, transcript_row
+
+log = logging.getLogger(__name__)
+
+# Test hook: when set to a path that does not exist yet, the first actor call creates it and the
+# actor process exits abruptly (os._exit), as a crashed GPU worker would. Ray restarts the actor
+# and retries the batch; tests check that every input still appears exactly once.
+CRASH_ONCE_ENV = "PARAKEET_RAY_TEST_CRASH_ONCE"
+
+
+def resolve_device(requested: str, gpu_ids: list) -> str:
+    """'auto' -> 'cuda' when Ray assigned this actor a GPU, else 'cpu'. A GPU assignment without
+    a usable CUDA runtime is an error (a silent CPU fallback would run 50x slower unnoticed)."""
+    if requested != "auto":
+        return requested
+    if not gpu_ids:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"Ray assigned GPU(s) {gpu_ids} to this actor but torch sees no CUDA device "
+            f"(torch {torch.__version__}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
+        )
+    return "cuda"  # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU, so cuda:0 is ours
+
+
+def _ray_gpu_ids() -> list:
+    try:
+        import ray
+
+        return list(ray.get_gpu_ids()) if ray.is_initialized() else []
+    except ImportError:
+        return []
+
+
+class Transcriber:
+    """Batch of decoded inputs -> transcript rows.
+
+    model_uri: what `model.load` accepts (folder, .nemo, fsspec URI, hub id); it is also written
+    to each row's `model` column. batch_seconds: padded audio seconds per model call.
+    chunk_seconds: inputs longer than this are split at quiet points and stitched (longform.py).
+    """
+
+    def __init__(
+        self,
+        model_uri: str,
+        device: str = "auto",
+        batch_seconds: float = DEFAULT_BATCH_SECONDS,
+        chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+        num_threads: int | None = None,
+        crash_once_marker: str | None = None,
+        model_label: str | None = None,
+    ):
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        self.gpu_ids = _ray_gpu_ids()
+        self.device = resolve_device(device, self.gpu_ids)
+        self.model = model.load(model_uri, device=self.device)
+        self.model_label = model_label or model_uri
+        self.batch_seconds = float(batch_seconds)
+        self.chunk_seconds = float(chunk_seconds)
+        self.crash_once_marker = crash_once_marker
+        self.actor_id = f"{os.uname().nodename}:{os.getpid()}"
+
+    def __call__(self, batch: dict[str, Any]) -> pa.Table:
+        self._maybe_crash()
+        now = datetime.now(timezone.utc)
+        uris = [str(u) for u in batch["audio_uri"]]
+        errors = list(batch["error"])
+        rows: list[dict | None] = [None] * len(uris)
+        todo = []  # indices of decodable inputs
+        for i, uri in enumerate(uris):
+            if errors[i] is not None and str(errors[i]) not in ("", "None", "nan"):
+                rows[i] = error_row(uri, str(errors[i]), self.model_label, now)
+            else:
+                todo.append(i)
+        waves = {i: np.asarray(batch["waveform"][i], dtype=np.float32) for i in todo}
+        for i, result in self._transcribe(waves).items():
+            rate = int(batch["sample_rate"][i])
+            if isinstance(result, Exception):
+                rows[i] = error_row(uris[i], f"TranscribeError: {type(result).__name__}: {result}", self.model_label, now,
+                                    duration_s=len(waves[i]) / SAMPLE_RATE, sample_rate=rate)
+            else:
+                rows[i] = transcript_row(uris[i], result, rate, self.model_label, now)
+        table = pa.Table.from_pylist(rows, schema=TRANSCRIPT_SCHEMA)
+        n = table.num_rows
+        table = table.append_column("actor_id", pa.array([self.actor_id] * n, pa.string()))
+        return table.append_column("gpu_ids", pa.array([",".join(map(str, self.gpu_ids))] * n, pa.string()))
+
+    def _maybe_crash(self) -> None:
+        marker = self.crash_once_marker
+        if marker and not os.path.exists(marker):
+            with open(marker, "w") as f:
+                f.write(self.actor_id)
+            log.warning("test hook %s: actor %s exits now", CRASH_ONCE_ENV, self.actor_id)
+            os._exit(17)
+
+    def _transcribe(self, waves: dict[int, np.ndarray]) -> dict[int, model.Transcript | Exception]:
+        """Transcripts for each input (index -> waveform (N,) at 16 kHz); long ones chunked."""
+        pieces: list[tuple[int, int, int]] = []  # (input index, start sample, end sample)
+        for i, w in waves.items():
+            pieces += [(i, s, e) for s, e in split_points(w, self.chunk_seconds)]
+        plan = plan_batches([(e - s) / SAMPLE_RATE for _, s, e in pieces], self.batch_seconds)
+        out: dict[int, Any] = {}
+        for batch in plan:
+            chunk = [waves[pieces[k][0]][pieces[k][1] : pieces[k][2]] for k in batch]
+            for k, result in zip(batch, self._run(chunk)):
+                out[k] = result
+        results: dict[int, model.Transcript | Exception] = {}
+        for i, w in waves.items():
+            mine = [k for k, p in enumerate(pieces) if p[0] == i]
+            failed = next((out[k] for k in mine if isinstance(out[k], Exception)), None)
+            if failed is not None:
+                results[i] = failed
+            elif len(mine) == 1:
+                results[i] = out[mine[0]]
+            else:
+                results[i] = stitch([out[k] for k in mine], [pieces[k][1] / SAMPLE_RATE for k in mine], len(w) / SAMPLE_RATE)
+        return results
+
+    def _run(self, arrays: list[np.ndarray]) -> list[model.Transcript | Exception]:
+        """One padded model call; if it fails (e.g. out of memory), retry item by item so one bad
+        input becomes one error row instead of failing its neighbours."""
+        try:
+            return self._forward(arrays)
+        except (RuntimeError, ValueError) as e:
+            if len(arrays) == 1:
+                return [e]
+            log.warning("batch of %d failed (%s); retrying one by one", len(arrays), e)
+            return [self._run([a])[0] for a in arrays]
+
+    def _forward(self, arrays: list[np.ndarray]) -> list[model.Transcript]:
+        lengths = torch.tensor([len(a) for a in arrays])  # (B,) samples
+        waveforms = torch.zeros(len(arrays), int(lengths.max()))  # (B, N)
+        for row, a in enumerate(arrays):
+            waveforms[row, : len(a)] = torch.from_numpy(a)
+        return self.model.transcribe_waveforms(waveforms, lengths)
