@@ -1,0 +1,54 @@
+"""The Transcriber on plain dict batches, without Ray, against the bare model."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline.decode import decode_batch
+from pipeline.longform import split_points
+from pipeline.schema import TRANSCRIPT_SCHEMA
+from pipeline.transcriber import Transcriber, resolve_device
+from tests.pipeline.conftest import AUDIO, CLIPS
+
+
+def test_texts_and_timestamps_equal_the_bare_model(model_dir, loaded_model, tmp_path):
+    (tmp_path / "bad.wav").write_bytes(b"garbage")
+    uris = [str(AUDIO / c) for c in CLIPS] + [str(tmp_path / "bad.wav")]
+    table = Transcriber(model_dir, batch_seconds=12.0)(decode_batch({"audio_uri": np.array(uris, dtype=object)}))
+    assert table.schema.names[: len(TRANSCRIPT_SCHEMA)] == TRANSCRIPT_SCHEMA.names
+    rows = table.to_pylist()
+    ref = loaded_model.transcribe(uris[:-1])
+    for row, r in zip(rows, ref):
+        assert row["error"] is None and row["model"] == model_dir
+        assert row["text"] == r.text
+        assert [t["id"] for t in row["tokens"]] == r.token_ids
+        assert [w["word"] for w in row["words"]] == [w.text for w in r.words]
+        assert [t["start_s"] for t in row["tokens"]] == pytest.approx([t.start for t in r.tokens], abs=1e-5)
+    assert rows[-1]["text"] is None and "cannot decode" in rows[-1]["error"]
+    assert {r["gpu_ids"] for r in rows} == {""}  # not running under Ray
+
+
+def test_long_input_is_chunked_and_stitched_on_one_timeline(model_dir, loaded_model):
+    clips = decode_batch({"audio_uri": np.array([str(AUDIO / c) for c in CLIPS], dtype=object)})["waveform"]
+    pause = np.zeros(8000, np.float32)
+    long = np.concatenate([x for c in clips for x in (c, pause)])  # ~28 s
+    chunk_s = 7.0
+    pieces = split_points(long, chunk_s)
+    assert len(pieces) >= 4
+    batch = {"audio_uri": np.array(["long"], dtype=object), "waveform": [long], "sample_rate": np.array([16000]),
+             "error": np.array([None], dtype=object)}
+    row = Transcriber(model_dir, chunk_seconds=chunk_s).__call__(batch).to_pylist()[0]
+    ref = loaded_model.transcribe([long[s:e] for s, e in pieces])
+    assert row["text"] == " ".join(r.text.strip() for r in ref if r.text.strip())
+    expected = [t.start + s / 16000 for r, (s, _) in zip(ref, pieces) for t in r.tokens]
+    assert [t["start_s"] for t in row["tokens"]] == pytest.approx(expected, abs=1e-4)
+    starts = [t["start_s"] for t in row["tokens"]]
+    assert starts == sorted(starts) and starts[-1] <= len(long) / 16000
+    assert row["duration_s"] == pytest.approx(len(long) / 16000)
+
+
+def test_device_follows_the_gpus_ray_assigned():
+    assert resolve_device("auto", []) == "cpu"
+    assert resolve_device("cpu", [0]) == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match=r"assigned GPU\(s\) \[1\]"):
+            resolve_device("auto", [1])
