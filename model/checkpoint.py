@@ -60,7 +60,7 @@ _NEMO_TO_OURS = [
     (r"^decoder\.prediction\.dec_rnn\.lstm\.", "predictor.lstm."),
     (r"^joint\.pred\.", "joint.pred_proj."),
     (r"^joint\.enc\.", "joint.enc_proj."),
-    (r"^joint\.joint_net\.2\.", "joint.head."),
+    (r"^joint\.joint_net\.\d+\.", "joint.head."),  # [ReLU, (Dropout,) Linear]: index 1 or 2
 ]
 _NEMO_SKIP = (r"^preprocessor\.", r"^encoder\.pos_enc\.", r"^loss\.", r"^wer\.", r"^spec_augment")
 
