@@ -81,11 +81,11 @@ class LogMelFeatures(nn.Module):
         x = x.masked_fill(~time_mask, 0.0)
         with torch.autocast(device_type=x.device.type, enabled=False):
             spec = torch.stft(
-                x, c.n_fft, hop_length=c.hop_length, win_length=c.win_length, window=self.window,
+                x, c.n_fft, hop_length=c.hop_length, win_length=c.win_length, window=self.window.float(),
                 center=True, pad_mode="constant", return_complex=True,
             )  # (B, n_fft // 2 + 1, F)
             power = torch.view_as_real(spec).pow(2).sum(-1)  # |X|^2
-            mel = torch.matmul(self.filterbank, power)  # (B, n_mels, F)
+            mel = torch.matmul(self.filterbank.float(), power)  # (B, n_mels, F); fp32 even in a bf16 model
             feats = torch.log(mel + c.log_zero_guard)
         frames = self.frame_lengths(lengths)
         valid = torch.arange(feats.shape[-1], device=x.device)[None, :] < frames[:, None]  # (B, F)
