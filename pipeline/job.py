@@ -22,6 +22,7 @@ from .sources import DEFAULT_EXTENSIONS, filesystem, list_inputs
 from .transcriber import CRASH_ONCE_ENV, Transcriber
 
 DECODE_CPUS = 1.0  # per decode task
+DECODE_MEMORY_BYTES = 512 * 1024**2  # per decode task: the worker (torch imported) plus a few files of audio
 MAX_BLOCK_ROWS = 32  # inputs per listing block: bounds decode-task size, keeps block count modest
 
 
@@ -85,19 +86,28 @@ def resolve_resources(cfg: TranscribeConfig, cluster: dict[str, float]) -> tuple
 
 def build_dataset(cfg: TranscribeConfig, inputs: pa.Array, actors: int, gpus_per_actor: float):
     """The Ray Dataset of transcript rows (schema columns + actor_id/gpu_ids), not yet committed."""
+    return transcribed(cfg, decoded(cfg, inputs), actors, gpus_per_actor)
+
+
+def decoded(cfg: TranscribeConfig, inputs: pa.Array):
+    """CPU tasks: audio URIs -> decoded 16 kHz waveforms (or error rows)."""
     import ray
 
     block_rows = max(1, min(MAX_BLOCK_ROWS, math.ceil(len(inputs) / 64)))
     blocks = [pa.table({"audio_uri": inputs[i : i + block_rows]}) for i in range(0, len(inputs), block_rows)]
-    options = cfg.storage_options or None
-    ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(
+    return ray.data.from_arrow(blocks).map_batches(
         decode_batch, batch_size=cfg.decode_rows, batch_format="numpy",
-        fn_kwargs={"storage_options": options},
-        # A remote-args function keeps Ray Data from fusing decoding into the model actors (it fuses
-        # stages with equal resources): decoding then overlaps inference instead of idling the GPU.
-        ray_remote_args_fn=_decode_resources,
+        fn_kwargs={"storage_options": cfg.storage_options or None}, num_cpus=DECODE_CPUS,
+        # Reserving memory for decoded audio also keeps Ray Data from fusing decoding into the model
+        # actors (it fuses stages whose resources are equal): decoding overlaps inference instead.
+        memory=DECODE_MEMORY_BYTES,
     )
+
+
+def transcribed(cfg: TranscribeConfig, ds, actors: int, gpus_per_actor: float):
+    """A pool of `actors` Transcriber actors (each with `gpus_per_actor` GPUs) over decoded rows."""
+    import ray
+
     return ds.map_batches(
         Transcriber,
         fn_constructor_kwargs=dict(
@@ -108,10 +118,6 @@ def build_dataset(cfg: TranscribeConfig, inputs: pa.Array, actors: int, gpus_per
         compute=ray.data.ActorPoolStrategy(size=actors),
         batch_size=cfg.window_rows, batch_format="numpy", num_cpus=cfg.cpus_per_actor, num_gpus=gpus_per_actor,
     )
-
-
-def _decode_resources() -> dict[str, Any]:
-    return {"num_cpus": DECODE_CPUS}
 
 
 def _absolute(model_uri: str) -> str:

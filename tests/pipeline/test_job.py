@@ -1,0 +1,116 @@
+"""End to end on a real local Ray cluster (4 logical CPUs, 2 logical GPUs), local folders and moto S3.
+
+The CLI runs in-process as a user would (`parakeet-ray transcribe ...` == jobs.cli.main([...]));
+it joins the session's Ray cluster because Ray is already initialised.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.cli import main
+from pipeline.job import TranscribeConfig, decoded, pending_inputs, transcribed
+from pipeline.schema import TRANSCRIPT_SCHEMA
+from pipeline.sink import TMP_DIR, committed_files, read_output
+from pipeline.transcriber import CRASH_ONCE_ENV
+from tests.pipeline.conftest import AUDIO, CLIPS
+from tests.pipeline.corpus import make_bad_corpus
+
+CPU = ["--gpus-per-actor", "0", "--no-progress"]
+
+
+def transcribe(inp, out, model_dir, *extra) -> int:
+    return main(["transcribe", str(inp), str(out), "--model", model_dir, *CPU, *extra])
+
+
+def assert_matches_model(table, loaded_model, paths_by_uri):
+    """Every successful row's text and tokens equal model.transcribe on the same file."""
+    ok = [r for r in table.to_pylist() if r["error"] is None]
+    ref = loaded_model.transcribe([paths_by_uri[r["audio_uri"]] for r in ok])
+    for row, r in zip(ok, ref):
+        assert row["text"] == r.text, row["audio_uri"]
+        assert [t["id"] for t in row["tokens"]] == r.token_ids
+    return len(ok)
+
+
+def test_local_folder_with_bad_inputs(ray_data, model_dir, loaded_model, audio_dir, tmp_path, capsys):
+    expected_errors = make_bad_corpus(audio_dir / "broken")
+    out = tmp_path / "out"
+    exts = "wav,flac,mp3,ogg,m4a"  # m4a: a container libsndfile cannot read -> an error row, not a crash
+    assert transcribe(audio_dir, out, model_dir, "--batch-seconds", "10", "--rows-per-file", "4", "--extensions", exts) == 0
+    table = read_output(str(out))
+    uris = table.column("audio_uri").to_pylist()
+    assert Counter(uris) == Counter(str(p) for p in audio_dir.rglob("*") if p.is_file())
+    by_name = {u.rsplit("/", 1)[-1]: r for u, r in zip(uris, table.to_pylist())}
+    for name, sub in expected_errors.items():
+        assert by_name[name]["text"] is None and sub in by_name[name]["error"], name
+    assert assert_matches_model(table, loaded_model, {u: u for u in uris}) == len(CLIPS)
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["files"] == len(uris) and summary["errors"] == len(expected_errors)
+    assert summary["audio_seconds"] > 0 and summary["committed_files"] == len(committed_files(str(out)))
+    assert "audio-s/s" in capsys.readouterr().out
+    for path in committed_files(str(out)):
+        assert pq.read_schema(path).remove_metadata() == TRANSCRIPT_SCHEMA
+
+
+def test_s3_to_s3_end_to_end(ray_data, model_dir, loaded_model, s3_bucket):
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    for name in CLIPS:
+        fs.put(str(AUDIO / name), f"{s3_bucket}/audio/{name}")
+    assert transcribe(f"s3://{s3_bucket}/audio/", f"s3://{s3_bucket}/out", model_dir, "--batch-seconds", "8") == 0
+    files = fs.glob(f"{s3_bucket}/out/transcripts/*.parquet")
+    table = pq.ParquetDataset(files, filesystem=fs).read()
+    assert sorted(table.column("audio_uri").to_pylist()) == [f"s3://{s3_bucket}/audio/{n}" for n in CLIPS]
+    assert table.column("error").null_count == len(CLIPS)
+    assert assert_matches_model(table, loaded_model, {f"s3://{s3_bucket}/audio/{n}": str(AUDIO / n) for n in CLIPS}) == len(CLIPS)
+    assert fs.find(f"{s3_bucket}/out/{TMP_DIR}") == []
+    assert json.loads(fs.cat(f"{s3_bucket}/out/_summary.json"))["files"] == len(CLIPS)
+
+
+def test_resume_after_limit_and_after_a_killed_run(ray_data, model_dir, audio_dir, tmp_path):
+    out = tmp_path / "out"
+    assert transcribe(audio_dir, out, model_dir, "--limit", "3", "--rows-per-file", "1") == 0
+    first = read_output(str(out)).column("audio_uri").to_pylist()
+    assert len(first) == 3 and len(committed_files(str(out))) == 3
+    # What a driver killed mid-commit leaves: a half-written temporary. It must be ignored and swept.
+    (out / TMP_DIR / "deadbeef.parquet").write_bytes(b"PAR1 half written")
+    assert transcribe(audio_dir, out, model_dir) == 0
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["skipped_already_done"] == 3 and summary["files"] == len(CLIPS) - 3
+    assert summary["swept_temporaries"] == 1
+    uris = read_output(str(out)).column("audio_uri").to_pylist()
+    assert sorted(uris) == sorted(str(audio_dir / c) for c in CLIPS)  # all present, none twice
+    assert transcribe(audio_dir, out, model_dir) == 0  # a third run has nothing to do
+    assert json.loads((out / "_summary.json").read_text())["files"] == 0
+    assert len(read_output(str(out))) == len(CLIPS)
+
+
+def test_an_actor_that_dies_mid_job_is_restarted_and_nothing_is_lost(ray_data, model_dir, audio_dir, tmp_path, monkeypatch):
+    marker = tmp_path / "crashed-once"
+    monkeypatch.setenv(CRASH_ONCE_ENV, str(marker))
+    out = tmp_path / "out"
+    assert transcribe(audio_dir, out, model_dir, "--rows-per-file", "2") == 0
+    assert marker.exists()  # the actor really died once
+    uris = read_output(str(out)).column("audio_uri").to_pylist()
+    assert sorted(uris) == sorted(str(audio_dir / c) for c in CLIPS)
+
+
+def test_each_actor_is_pinned_to_its_own_logical_gpu(ray_data, model_dir, audio_dir, tmp_path, monkeypatch):
+    from ray.data import DataContext
+
+    # Start both actors before dispatching, so each one gets work (otherwise the first can take it all).
+    monkeypatch.setattr(DataContext.get_current(), "wait_for_min_actors_s", 60)
+    cfg = TranscribeConfig(str(audio_dir), str(tmp_path / "out"), model_dir, device="cpu", window_rows=1)
+    inputs, _ = pending_inputs(cfg)
+    ready = decoded(cfg, inputs).materialize()  # all inputs queued at once: both actors get some
+    rows = transcribed(cfg, ready, actors=2, gpus_per_actor=1).select_columns(["actor_id", "gpu_ids"]).take_all()
+    gpus_by_actor = {r["actor_id"]: r["gpu_ids"] for r in rows}
+    assert len(rows) == len(CLIPS)
+    assert len(gpus_by_actor) == 2, gpus_by_actor
+    assert sorted(gpus_by_actor.values()) == ["0", "1"]
