@@ -167,6 +167,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         "vocab_size": cfg.vocab_size + 1,
         "blank_token_id": cfg.blank_id,
         "pad_token_id": cfg.blank_id,
+        "decoder_start_token_id": cfg.blank_id,  # generate() starts the prediction network from blank
         "decoder_hidden_size": cfg.predictor.pred_hidden,
         "num_decoder_layers": cfg.predictor.pred_rnn_layers,
         "hidden_act": "relu",
