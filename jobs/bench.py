@@ -1,0 +1,206 @@
+"""`parakeet-ray bench`: measured throughput of our model, split into features / encoder / decoding,
+plus peak memory on long audio with limited-context attention. Prints a table and writes JSON.
+
+Side-by-side numbers against NeMo and transformers live in tests/perf/compare_references.py
+(the product never imports the references).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="measure transcription throughput (RTFx) and long-audio memory",
+                              description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", default=None, help="checkpoint to measure (folder, .nemo, URI, hub id)")
+    src.add_argument("--preset", default="parakeet-tdt-0.6b-v3",
+                     help="random weights of a preset shape (same compute as trained weights); default parakeet-tdt-0.6b-v3")
+    p.add_argument("--batch-sizes", default="1,4,16", help="comma-separated batch sizes (default 1,4,16)")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds per utterance (default 10)")
+    p.add_argument("--repeats", type=int, default=2, help="timed repeats per batch size, after one warm-up (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--long-minutes", default="", help="comma-separated minutes of audio for the peak-memory runs, e.g. 10,60")
+    p.add_argument("--long-context", type=int, default=128, help="limited-context attention frames each side for long audio")
+    p.add_argument("--json", default=None, help="write the results here (default: bench.json in the current folder)")
+    p.set_defaults(func=run_command)
+
+
+def _load(args):
+    import torch
+
+    import model
+
+    if args.model:
+        return model.load(args.model), args.model
+    from model.config import preset
+
+    cfg = preset(args.preset)
+    torch.manual_seed(0)
+    m = model.ParakeetTDT(cfg, None).eval()
+    _realistic_emissions(m)
+    return m, f"{args.preset} (random weights)"
+
+
+def _realistic_emissions(m, target_tokens_per_frame: float = 0.4) -> None:
+    """Random joints emit a token at nearly every step (or never), which no trained model does.
+    Calibrate the blank logit's bias by bisection on a short synthetic clip so the decoder emits about
+    `target_tokens_per_frame` (trained Parakeet: ~0.3-0.5 tokens per 80 ms frame), with durations
+    shifted towards 1-2 frames. The table reports the resulting tokens per audio second."""
+    import torch
+
+    from model.decoding import greedy_tdt
+
+    cfg, blank = m.config, m.config.blank_id
+    x = torch.from_numpy(synthetic_audio(5.0, seed=99))[None]
+    with torch.inference_mode():
+        enc, elen = m.encode(x, torch.tensor([x.shape[1]]))
+        n = len(cfg.durations)
+        m.joint.head.bias[blank + 1 :] += torch.tensor(([-4.0, 2.0, 1.0, 0.0, -1.0] + [-1.0] * n)[:n])
+        base = m.joint.head.bias[blank].item()
+        lo, hi = -20.0, 20.0
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            m.joint.head.bias[blank] = base + mid
+            h = greedy_tdt(enc, elen, m.predictor, m.joint, blank, cfg.durations, cfg.max_symbols_per_step)[0]
+            rate = len(h.token_ids) / max(int(elen[0]), 1)
+            lo, hi = (mid, hi) if rate > target_tokens_per_frame else (lo, mid)
+
+
+def synthetic_audio(seconds: float, seed: int):
+    """Deterministic speech-band audio (harmonic tones with a moving pitch, bursts of noise)."""
+    import numpy as np
+
+    sr = 16_000
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    f0 = 120 + 40 * np.sin(2 * np.pi * 0.5 * t + seed)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2)
+    x += 0.05 * rng.standard_normal(len(t))
+    return (0.1 * x / np.abs(x).max()).astype(np.float32)
+
+
+def encoder_flops(cfg, frames: int) -> float:
+    """Estimated multiply-adds x2 per utterance of `frames` encoder frames (full attention)."""
+    d, layers, ff = cfg.encoder.d_model, cfg.encoder.n_layers, cfg.encoder.ff_expansion_factor
+    per_frame = 2 * (2 * 2 * d * d * ff) + 2 * 5 * d * d + 2 * 3 * d * d + 2 * 9 * d  # 2 FFs, q/k/v/o/pos, conv
+    attn = 2 * 4 * frames * d  # scores, positional scores (2T-1 wide), weighted values
+    return float(frames * layers * (per_frame + attn))
+
+
+def matmul_gflops() -> float:
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.matmul(a, b)
+    t0 = time.perf_counter()
+    reps = 5
+    for _ in range(reps):
+        torch.matmul(a, b)
+    return 2 * 2048**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def measure_batch(m, batch: int, seconds: float, repeats: int) -> dict:
+    import torch
+
+    from model.decoding import greedy_tdt
+
+    cfg = m.config
+    audio = torch.stack([torch.from_numpy(synthetic_audio(seconds, seed=i)) for i in range(batch)])
+    lengths = torch.full((batch,), audio.shape[1])
+    times = {"features": [], "encoder": [], "decoding": []}
+    tokens = 0
+    with torch.inference_mode():
+        for r in range(repeats + 1):
+            t0 = time.perf_counter()
+            feats, flen = m.preprocessor(audio.to(m.device), lengths.to(m.device))
+            t1 = time.perf_counter()
+            enc, elen = m.encoder(feats.to(m.dtype), flen)
+            t2 = time.perf_counter()
+            hyps = greedy_tdt(enc, elen, m.predictor, m.joint, cfg.blank_id, cfg.durations, cfg.max_symbols_per_step)
+            t3 = time.perf_counter()
+            if r == 0:
+                continue  # warm-up
+            times["features"].append(t1 - t0)
+            times["encoder"].append(t2 - t1)
+            times["decoding"].append(t3 - t2)
+            tokens = sum(len(h.token_ids) for h in hyps)
+    best = {k: min(v) for k, v in times.items()}
+    total = sum(best.values())
+    frames = int(elen[0])
+    return {
+        "batch": batch, "audio_s": batch * seconds, "features_s": best["features"], "encoder_s": best["encoder"],
+        "decoding_s": best["decoding"], "total_s": total, "rtfx": batch * seconds / total,
+        "decoding_share": best["decoding"] / total, "tokens_per_audio_s": tokens / (batch * seconds),
+        "encoder_gflops": batch * encoder_flops(cfg, frames) / best["encoder"] / 1e9,
+    }
+
+
+def measure_long(args, minutes: float) -> dict:
+    """Peak RSS of a fresh process transcribing `minutes` of audio with limited-context attention."""
+    code = (
+        "import sys, time, resource, json, torch; sys.argv=['x'];"
+        "from jobs import bench; import argparse;"
+        f"a=argparse.Namespace(model={args.model!r}, preset={args.preset!r});"
+        "m,_=bench._load(a); torch.set_grad_enabled(False);"
+        f"m.set_attention_context(({args.long_context}, {args.long_context}));"
+        "base=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        f"x=torch.from_numpy(bench.synthetic_audio({minutes}*60, 0))[None];"
+        "from model.decoding import greedy_tdt; c=m.config;"
+        "t0=time.perf_counter();"
+        "enc,el=m.encode(x, torch.tensor([x.shape[1]]));"
+        "h=greedy_tdt(enc, el, m.predictor, m.joint, c.blank_id, c.durations, c.max_symbols_per_step)[0];"
+        "wall=time.perf_counter()-t0;"
+        "peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        "print(json.dumps({'peak_rss_mb': peak/1024, 'model_rss_mb': base/1024, 'wall_s': wall, 'tokens': len(h.token_ids)}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    if proc.returncode != 0:
+        return {"minutes": minutes, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    return {"minutes": minutes, "context": args.long_context, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def run_command(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    m, label = _load(args)
+    batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    params = sum(p.numel() for p in m.parameters()) / 1e6
+    print(f"model: {label}, {params:.1f} M parameters; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}")
+    ref = matmul_gflops()
+    print(f"plain torch.matmul 2048^2 on this machine: {ref:.1f} GFLOP/s")
+    rows = []
+    header = f"{'batch':>5} {'audio s':>8} {'feat s':>7} {'enc s':>7} {'dec s':>7} {'RTFx':>7} {'dec %':>6} {'tok/s':>6} {'enc GF/s':>8}"
+    print(header)
+    for b in batches:
+        r = measure_batch(m, b, args.seconds, args.repeats)
+        rows.append(r)
+        print(f"{r['batch']:>5} {r['audio_s']:>8.0f} {r['features_s']:>7.3f} {r['encoder_s']:>7.3f} {r['decoding_s']:>7.3f} "
+              f"{r['rtfx']:>7.1f} {100 * r['decoding_share']:>5.1f}% {r['tokens_per_audio_s']:>6.1f} {r['encoder_gflops']:>8.1f}")
+    long_rows = []
+    for mins in [float(x) for x in args.long_minutes.split(",") if x.strip()]:
+        r = measure_long(args, mins)
+        long_rows.append(r)
+        if "error" in r:
+            print(f"long audio {mins:g} min: failed: {r['error']}")
+        else:
+            print(f"long audio {mins:g} min, context ±{r['context']}: peak RSS {r['peak_rss_mb']:.0f} MB "
+                  f"(model loaded: {r['model_rss_mb']:.0f} MB), {r['wall_s']:.1f} s, {r['tokens']} tokens")
+    result = {"model": label, "params_m": params, "threads": torch.get_num_threads(), "matmul_gflops": ref,
+              "seconds_per_utterance": args.seconds, "batches": rows, "long_audio": long_rows}
+    path = args.json or "bench.json"
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {path}")
+    return 0
