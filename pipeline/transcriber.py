@@ -126,9 +126,12 @@ class Transcriber:
             chunk = [waves[pieces[k][0]][pieces[k][1] : pieces[k][2]] for k in batch]
             for k, result in zip(batch, self._run(chunk)):
                 out[k] = result
+        by_input: dict[int, list[int]] = {}
+        for k, (i, _, _) in enumerate(pieces):
+            by_input.setdefault(i, []).append(k)
         results: dict[int, model.Transcript | Exception] = {}
         for i, w in waves.items():
-            mine = [k for k, p in enumerate(pieces) if p[0] == i]
+            mine = by_input[i]
             failed = next((out[k] for k in mine if isinstance(out[k], Exception)), None)
             if failed is not None:
                 results[i] = failed
@@ -153,5 +156,5 @@ class Transcriber:
         lengths = torch.tensor([len(a) for a in arrays])  # (B,) samples
         waveforms = torch.zeros(len(arrays), int(lengths.max()))  # (B, N)
         for row, a in enumerate(arrays):
-            waveforms[row, : len(a)] = torch.from_numpy(a)
+            waveforms[row, : len(a)].numpy()[:] = a  # via numpy: Arrow-backed arrays are read-only
         return self.model.transcribe_waveforms(waveforms, lengths)
