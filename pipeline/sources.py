@@ -130,3 +130,16 @@ def _resolve(value: str, base: str, fs: fsspec.AbstractFileSystem) -> str:
         return value
     joined = f"{base}/{value}"
     return os.path.abspath(joined) if _is_local(fs) and "://" not in base else joined
+
+
+def read_manifest_table(uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """A whole Parquet/CSV/JSONL manifest (e.g. for training: audio_uri, text, duration_s), with
+    relative `audio_uri` entries resolved against the manifest's folder."""
+    fs, path = filesystem(uri, storage_options)
+    with fs.open(path, "rb") as f:
+        table = _read_table(f, uri)
+    if URI_COLUMN not in table.column_names:
+        raise InputError(f"manifest {uri} has no '{URI_COLUMN}' column (columns: {table.column_names})")
+    base = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri else "."
+    resolved = [_resolve(str(v), base, fs) for v in table.column(URI_COLUMN).to_pylist()]
+    return table.set_column(table.column_names.index(URI_COLUMN), URI_COLUMN, pa.array(resolved, pa.string()))
