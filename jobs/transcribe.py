@@ -45,6 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="transcribe at most N new inputs this run")
     p.add_argument("--window-rows", type=int, default=None,
                    help="inputs handed to an actor per call, sorted and batched by duration inside (default: 32)")
+    p.add_argument("--decode-tasks", type=int, default=None,
+                   help="concurrent decode tasks (default: 4 per GPU actor, 1 per CPU actor)")
     p.add_argument("--rows-per-file", type=int, default=None, help="rows per output Parquet file (default: 256)")
     p.add_argument("--storage-options", default=None, help='JSON of fsspec options, e.g. \'{"anon": false, "profile": "x"}\'')
     p.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
@@ -69,7 +71,7 @@ def build_config(args: argparse.Namespace):
         hint = " (the bundled demo model is not built in this checkout; pass --model)" if model_uri == DEFAULT_MODEL else ""
         raise UsageError(f"model {model_uri} does not exist{hint}")
     extra = {}
-    for name in ("batch_seconds", "chunk_seconds", "rows_per_file", "window_rows"):
+    for name in ("batch_seconds", "chunk_seconds", "rows_per_file", "window_rows", "decode_tasks"):
         if getattr(args, name) is not None:
             extra[name] = getattr(args, name)
     if args.extensions:

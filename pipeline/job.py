@@ -23,6 +23,7 @@ from .transcriber import CRASH_ONCE_ENV, Transcriber
 
 DECODE_CPUS = 1.0  # per decode task
 DECODE_MEMORY_BYTES = 512 * 1024**2  # per decode task: the worker (torch imported) plus a few files of audio
+DECODERS_PER_GPU_ACTOR = 4
 MAX_BLOCK_ROWS = 32  # inputs per listing block: bounds decode-task size, keeps block count modest
 
 
@@ -42,6 +43,7 @@ class TranscribeConfig:
     window_rows: int = 32  # inputs handed to an actor per call (sorted and batched by duration inside)
     decode_rows: int = 4  # inputs per decode batch
     rows_per_file: int = DEFAULT_ROWS_PER_FILE  # rows per committed Parquet file
+    decode_tasks: int | None = None  # concurrent decode tasks; default: see decode_concurrency()
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     limit: int | None = None  # transcribe at most this many new inputs this run
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for INPUT and OUTPUT
@@ -54,6 +56,8 @@ class TranscribeConfig:
         for name in ("window_rows", "decode_rows", "rows_per_file"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.decode_tasks is not None and self.decode_tasks < 1:
+            raise ValueError(f"decode_tasks must be >= 1, got {self.decode_tasks}")
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors must be >= 1, got {self.actors}")
         if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
@@ -84,12 +88,22 @@ def resolve_resources(cfg: TranscribeConfig, cluster: dict[str, float]) -> tuple
     return actors, per_actor
 
 
+def decode_concurrency(cfg: TranscribeConfig, actors: int, gpus_per_actor: float) -> int:
+    """Concurrent decode tasks. A GPU actor eats audio at ~1000-3000x real time and MP3 decodes at
+    ~500x per core, so GPU actors get DECODERS_PER_GPU_ACTOR each; CPU inference is far slower than
+    decoding, so one per CPU actor. Fewer decoders also means fewer worker processes to start."""
+    if cfg.decode_tasks is not None:
+        return cfg.decode_tasks
+    return actors * (DECODERS_PER_GPU_ACTOR if gpus_per_actor > 0 else 1)
+
+
 def build_dataset(cfg: TranscribeConfig, inputs: pa.Array, actors: int, gpus_per_actor: float):
     """The Ray Dataset of transcript rows (schema columns + actor_id/gpu_ids), not yet committed."""
-    return transcribed(cfg, decoded(cfg, inputs), actors, gpus_per_actor)
+    decoders = decode_concurrency(cfg, actors, gpus_per_actor)
+    return transcribed(cfg, decoded(cfg, inputs, decoders), actors, gpus_per_actor)
 
 
-def decoded(cfg: TranscribeConfig, inputs: pa.Array):
+def decoded(cfg: TranscribeConfig, inputs: pa.Array, decoders: int | None = None):
     """CPU tasks: audio URIs -> decoded 16 kHz waveforms (or error rows)."""
     import ray
 
@@ -98,6 +112,7 @@ def decoded(cfg: TranscribeConfig, inputs: pa.Array):
     return ray.data.from_arrow(blocks).map_batches(
         decode_batch, batch_size=cfg.decode_rows, batch_format="numpy",
         fn_kwargs={"storage_options": cfg.storage_options or None}, num_cpus=DECODE_CPUS,
+        compute=ray.data.TaskPoolStrategy(size=decoders),
         # Reserving memory for decoded audio also keeps Ray Data from fusing decoding into the model
         # actors (it fuses stages whose resources are equal): decoding overlaps inference instead.
         memory=DECODE_MEMORY_BYTES,
