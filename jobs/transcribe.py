@@ -110,6 +110,9 @@ def run_command(args: argparse.Namespace) -> int:
         cfg = build_config(args)
         plan = prepare(cfg)  # INPUT and OUTPUT are checked before Ray starts
         started = connect(args.address)
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False  # our one-line bar replaces Ray's per-operator bars
         try:
             summary = run(cfg, plan)
         finally:

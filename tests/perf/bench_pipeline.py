@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -78,24 +79,32 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     m = model.load(model_uri)
     m.transcribe(paths[:2])  # warm-up
-    t = time.monotonic()
-    m.transcribe(paths, batch_size=16)
-    bare = audio_s / (time.monotonic() - t)
-    del m
 
+    def bare() -> float:
+        t = time.monotonic()
+        m.transcribe(paths, batch_size=16)
+        return audio_s / (time.monotonic() - t)
+
+    # Ray is started first so its background processes weigh on both measurements, and the bare
+    # model runs before and after the pipeline: on a shared machine the load drifts.
     ray.init(num_cpus=max(4, args.threads + 2), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    before = bare()
     cfg = TranscribeConfig(str(work / "in"), str(work / "out"), model_uri, actors=1, gpus_per_actor=0,
                            cpus_per_actor=args.threads, batch_seconds=args.batch_seconds, window_rows=args.window_rows,
                            progress=False)
     summary = run(cfg)
+    after = bare()
     ray.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
+    bare_rate = (before + after) / 2
     assert summary["files"] == len(paths) and summary["errors"] == 0, summary
     piped = summary["audio_seconds_per_second"]
     print(json.dumps({
         "files": len(paths), "audio_seconds": round(audio_s, 1), "threads": args.threads,
-        "bare_audio_s_per_s": round(bare, 1), "pipeline_audio_s_per_s": round(piped, 1),
-        "pipeline_wall_s": summary["wall_time_s"], "ratio": round(piped / bare, 3),
+        "bare_audio_s_per_s": round(bare_rate, 1), "bare_before_after": [round(before, 1), round(after, 1)],
+        "pipeline_audio_s_per_s": round(piped, 1), "pipeline_wall_s": summary["wall_time_s"],
+        "ratio": round(piped / bare_rate, 3),
     }))
 
 
