@@ -6,11 +6,9 @@ it joins the session's Ray cluster because Ray is already initialised.
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 
 import pyarrow.parquet as pq
-import pytest
 
 from jobs.cli import main
 from pipeline.job import TranscribeConfig, decoded, pending_inputs, transcribed
