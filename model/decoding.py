@@ -1,19 +1,24 @@
 """Batched greedy TDT decoding (Xu et al. 2023, "Efficient Sequence Transduction by Jointly
 Predicting Tokens and Durations", sec. 3.3), a pure function over the predictor and joint.
 
-Semantics are exactly NeMo's batch-size-1 `GreedyTDTInfer._greedy_decode`, per utterance:
+Semantics are exactly NeMo 3.0's batch-size-1 `GreedyTDTInfer._greedy_decode`, per utterance:
 - at frame t, with prediction-network output g, take k = argmax token logits and
   d = durations[argmax duration logits] from the same joint output;
 - a non-blank k is emitted at frame t with duration d, and g advances by feeding k;
-- t += d; a frame may take at most `max_symbols_per_step` evaluations: when that count is reached
-  t advances one more frame (NeMo adds this +1 even when the last d was > 0);
+- t += d; a frame may take at most `max_symbols_per_step` joint evaluations (blanks included):
+  when that count is reached t advances one more frame (NeMo adds this +1 even when the last d
+  was > 0);
 - a blank with d = 0 would re-evaluate the same (frame, g) forever; NeMo spins until the symbol
   guard fires and then steps one frame, so it is taken as one frame at once;
 - each row stops at its own encoder length.
 
-All rows advance together ("label looping"): one joint evaluation per step for every active row,
-and one prediction-network step only for rows that emitted. State lives in fixed-shape device
-tensors; the only host sync per step is one `tolist()` of two flags.
+The batch is decoded by label looping (NeMo's `GreedyBatchedTDTLabelLoopingComputer`, with the
+bs1 rules above rather than NeMo 3.0's batched CPU bookkeeping, which records wrong durations for
+rows that found their label early): each outer step finds the next label of every active row (an
+inner loop where rows holding a blank skip ahead by the blank's duration, all rows evaluated at
+once), then runs the prediction network once, for the whole batch, keeping the old state of rows
+that did not emit. State lives in fixed-shape device tensors (a CUDA graph could capture both
+loops); the host syncs once per inner and once per outer iteration, on a single boolean.
 """
 from __future__ import annotations
 
@@ -45,59 +50,87 @@ def greedy_tdt(
 ) -> list[Hypothesis]:
     """encoder_out (B, T, D), encoder_lengths (B,) frames -> one Hypothesis per row.
 
-    `predictor(tokens (B, 1), state) -> (out (B, 1, H), state)`; `joint.project_encoder`,
-    `joint.project_predictor`, `joint.combine` as in model/joint.py; token logits come first
-    (blank = `blank_id`, the last), then one logit per entry of `durations`.
+    `predictor(tokens (B, 1), state) -> (out (B, 1, H), state (h, c) each (L, B, H))`;
+    `joint.project_encoder`, `joint.project_predictor`, `joint.combine` as in model/joint.py; token
+    logits come first (blank = `blank_id`, the last), then one logit per entry of `durations`.
     """
+    _check_args(encoder_out, encoder_lengths, blank_id, durations, max_symbols_per_step)
     b, t_max, _ = encoder_out.shape
-    device = encoder_out.device
-    n_classes = blank_id + 1
-    dur_values = torch.tensor(list(durations), device=device, dtype=torch.long)
-    lengths = encoder_lengths.to(device=device, dtype=torch.long).clamp(max=t_max)
-    rows = torch.arange(b, device=device)
     if t_max == 0 or b == 0:
         return [Hypothesis((), (), ()) for _ in range(b)]
+    device = encoder_out.device
+    lengths = encoder_lengths.to(device=device, dtype=torch.long).clamp(0, t_max)
+    dur_values = torch.tensor(list(durations), device=device, dtype=torch.long)
+    enc_proj = joint.project_encoder(encoder_out)  # (B, T, J), projected once
+    rows = torch.arange(b, device=device)
 
-    enc_proj = joint.project_encoder(encoder_out)  # (B, T, J)
-    tokens = torch.full((b, 1), blank_id, dtype=torch.long, device=device)  # blank = start of sequence
-    g, state = predictor(tokens, None)
-    g_proj = joint.project_predictor(g[:, 0])  # (B, J)
-
-    time = torch.zeros(b, dtype=torch.long, device=device)
-    symbols = torch.zeros(b, dtype=torch.long, device=device)  # evaluations at the current frame
-    steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    active = time < lengths
-    while True:
-        f = enc_proj[rows, time.clamp(max=max(t_max - 1, 0))]  # (B, J) each row's current frame
+    def evaluate(time: torch.Tensor, g_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = enc_proj[rows, time.clamp(max=t_max - 1)]  # (B, J) each row's current frame
         logits = joint.combine(f, g_proj).float()  # (B, V + 1 + n_durations)
-        label = logits[:, :n_classes].argmax(-1)
-        dur = dur_values[logits[:, n_classes:].argmax(-1)]
-        emit = active & (label != blank_id)
-        steps.append((emit, label, time.clone(), dur))
+        return logits[:, : blank_id + 1].argmax(-1), dur_values[logits[:, blank_id + 1 :].argmax(-1)]
 
-        # Advance time following NeMo's bs1 loop (see the module docstring).
-        blank_stall = active & (label == blank_id) & (dur == 0)
-        symbols = torch.where(active, symbols + 1, symbols)
-        advance = torch.where(blank_stall, torch.ones_like(dur), dur)
-        guard = active & ~blank_stall & (symbols >= max_symbols_per_step)  # max symbols at this frame
-        advance = advance + guard.long()
-        time = torch.where(active, time + advance, time)
-        symbols = torch.where(active & (blank_stall | guard | (dur > 0)), torch.zeros_like(symbols), symbols)
+    sos = torch.full((b, 1), blank_id, dtype=torch.long, device=device)  # blank = start of sequence
+    g, state = predictor(sos, None)
+    g_proj = joint.project_predictor(g[:, 0])  # (B, J)
+    time = torch.zeros(b, dtype=torch.long, device=device)  # current frame per row
+    symbols = torch.zeros(b, dtype=torch.long, device=device)  # joint evaluations at the current frame
+    steps: list[tuple[torch.Tensor, ...]] = []
+    while True:
         active = time < lengths
-
-        any_active, any_emit = torch.stack([active.any(), emit.any()]).tolist()
-        if any_emit:  # feed emitted labels to the prediction network, keep others' state
-            g_new, state_new = predictor(label[:, None], state)
-            keep = emit[None, :, None]
-            state = (torch.where(keep, state_new[0], state[0]), torch.where(keep, state_new[1], state[1]))
-            g_proj = torch.where(emit[:, None], joint.project_predictor(g_new[:, 0]), g_proj)
-        if not any_active:
+        label, dur = evaluate(time, g_proj)
+        # Inner loop: rows holding a blank skip ahead until they find a label or run out of frames.
+        searching = active & (label == blank_id)
+        while bool(searching.any()):
+            time, symbols = _advance(time, symbols, label, dur, searching, blank_id, max_symbols_per_step)
+            searching &= time < lengths
+            new_label, new_dur = evaluate(time, g_proj)
+            label = torch.where(searching, new_label, label)
+            dur = torch.where(searching, new_dur, dur)
+            searching &= label == blank_id
+        emit = time < lengths  # every row still inside its audio now holds a label
+        if not bool(emit.any()):
             break
+        steps.append((emit, label, time.clone(), dur))
+        time, symbols = _advance(time, symbols, label, dur, emit, blank_id, max_symbols_per_step)
+        # One prediction-network step for the batch; rows that did not emit keep their state.
+        g_new, state_new = predictor(torch.where(emit, label, blank_id)[:, None], state)
+        keep = emit[None, :, None]
+        state = (torch.where(keep, state_new[0], state[0]), torch.where(keep, state_new[1], state[1]))
+        g_proj = torch.where(emit[:, None], joint.project_predictor(g_new[:, 0]), g_proj)
     return _collect(steps, b)
+
+
+def _advance(time, symbols, label, dur, mask, blank_id: int, max_symbols: int):
+    """One joint evaluation's effect on (frame, evaluations-at-frame) for rows in `mask`, as NeMo bs1."""
+    # A blank with duration 0 leaves (frame, g) unchanged, so NeMo re-evaluates it until the
+    # symbol guard fires and then steps one frame: without this it would loop forever.
+    stall = (label == blank_id) & (dur == 0)
+    count = symbols + 1
+    guard = ~stall & (count >= max_symbols)  # max symbols at this frame: force one more frame
+    step = torch.where(stall, torch.ones_like(dur), dur) + guard.long()
+    new_time = torch.where(mask, time + step, time)
+    moved = stall | guard | (dur > 0)  # the frame changed: its evaluation count restarts
+    new_symbols = torch.where(mask, torch.where(moved, torch.zeros_like(count), count), symbols)
+    return new_time, new_symbols
+
+
+def _check_args(encoder_out, encoder_lengths, blank_id, durations, max_symbols_per_step) -> None:
+    if encoder_out.dim() != 3:
+        raise ValueError(f"encoder_out must be (B, T, D), got shape {tuple(encoder_out.shape)}")
+    if encoder_lengths.shape != encoder_out.shape[:1]:
+        raise ValueError(f"encoder_lengths must be ({encoder_out.shape[0]},), got {tuple(encoder_lengths.shape)}")
+    if not durations or min(durations) < 0:
+        raise ValueError(f"durations must be a non-empty list of frame counts >= 0, got {list(durations)}")
+    if max_symbols_per_step < 1:
+        raise ValueError(f"max_symbols_per_step must be >= 1, got {max_symbols_per_step}")
+    if blank_id < 0:
+        raise ValueError(f"blank_id must be >= 0, got {blank_id}")
 
 
 def _collect(steps, b: int) -> list[Hypothesis]:
     """Per-step (emit, label, frame, duration) tensors -> per-row tuples, with one host copy."""
+    if not steps:
+        return [Hypothesis((), (), ()) for _ in range(b)]
     emit, label, frame, dur = (torch.stack(x, dim=1).cpu() for x in zip(*steps))  # each (B, steps)
     out = []
     for i in range(b):

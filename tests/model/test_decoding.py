@@ -149,6 +149,63 @@ def test_other_durations_list():
     assert h == r and h.frames == (0, 8, 12) and h.durations == (8, 4, 1)
 
 
+def _rows_on_own_frames(b, t):
+    """enc (B, T, B*T): row i's frame f is one-hot at table row i*T + f, so rows follow their own scripts."""
+    enc = torch.zeros(b, t, b * t)
+    for i in range(b):
+        enc[i, torch.arange(t), i * t + torch.arange(t)] = 1.0
+    return enc
+
+
+def test_rows_that_found_a_label_keep_their_own_duration():
+    """The NeMo 3.0 batched-CPU trap: row 0 finds each label at once while row 1 skips blanks for
+    several inner iterations; row 0's recorded durations must stay its own."""
+    t = 12
+    script = {(0, 0): (1, 3), (3, 1): (2, 2), (5, 2): (3, 1), (t + 6, 0): (4, 2), (t + 8, 1): (2, 0), (t + 8, 2): (1, 4)}
+    _, p, j = scripted(2 * t, 8, 5, DUR, script)
+    enc = _rows_on_own_frames(2, t)
+    hs, refs = run_both(enc, torch.tensor([t, t]), p, j, 5, DUR)
+    assert hs == refs
+    assert hs[0] == Hypothesis((1, 2, 3), (0, 3, 5), (3, 2, 1))
+    assert hs[1] == Hypothesis((4, 2, 1), (6, 8, 8), (2, 0, 4))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    t=st.integers(1, 12),
+    b=st.integers(1, 5),
+    durations=st.sampled_from([DUR, (1, 2, 4, 8), (0, 1), (0, 2, 5), (1,)]),
+    max_symbols=st.integers(1, 4),
+    blank_bias=st.floats(-2.0, 4.0),
+    zero_bias=st.floats(-2.0, 4.0),
+)
+def test_random_scripts_batched_equals_reference(seed, t, b, durations, max_symbols, blank_bias, zero_bias):
+    """Random joint tables (per row, frame and label count): blank stalls, zero-duration chains, guards."""
+    g = torch.Generator().manual_seed(seed)
+    v = 5
+    table = torch.randn(b * t, 64, v + 1 + len(durations), generator=g) * 2
+    table[:, :, v] += blank_bias
+    if durations[0] == 0:
+        table[:, :, v + 1] += zero_bias
+    lengths = torch.randint(0, t + 1, (b,), generator=g)
+    enc = _rows_on_own_frames(b, t)
+    hs, refs = run_both(enc, lengths, ScriptedPredictor(v), ScriptedJoint(table), v, durations, max_symbols)
+    assert hs == refs
+
+
+def test_bad_arguments_name_the_culprit():
+    enc, p, j = scripted(3, 2, 5, DUR, {})
+    with pytest.raises(ValueError, match="encoder_lengths"):
+        greedy_tdt(enc, torch.tensor([3, 3]), p, j, 5, DUR)
+    with pytest.raises(ValueError, match="durations"):
+        greedy_tdt(enc, torch.tensor([3]), p, j, 5, ())
+    with pytest.raises(ValueError, match="max_symbols_per_step"):
+        greedy_tdt(enc, torch.tensor([3]), p, j, 5, DUR, 0)
+    with pytest.raises(ValueError, match="encoder_out"):
+        greedy_tdt(enc[0], torch.tensor([3]), p, j, 5, DUR)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return tiny_model(tmp_path_factory.mktemp("tok"), seed=3)
@@ -161,7 +218,6 @@ def test_random_tiny_model_batched_equals_reference(tiny, seed, b, max_symbols):
     t = 20
     enc = torch.randn(b, t, tiny.config.encoder.d_model, generator=g) * 3
     lengths = torch.randint(0, t + 1, (b,), generator=g)
-    # bias the duration head so zero durations and long skips both occur
     with torch.no_grad():
         hs, refs = run_both(enc, lengths, tiny.predictor, tiny.joint, tiny.config.blank_id, tiny.config.durations, max_symbols)
     assert hs == refs
