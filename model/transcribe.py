@@ -5,6 +5,7 @@ import os
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+import soundfile as sf
 import torch
 
 from .audio import decode_audio
@@ -41,6 +42,7 @@ def _punctuation(m: "ParakeetTDT") -> frozenset[str]:
 
 
 def _to_array(item, sample_rate: int) -> np.ndarray:
+    """A file (path or bytes) or a 1-D array/tensor at `sample_rate` -> (N,) float32."""
     if isinstance(item, (str, os.PathLike, bytes)):
         return decode_audio(item, sample_rate)[0]
     arr = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
@@ -49,23 +51,44 @@ def _to_array(item, sample_rate: int) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
+def _num_samples(item, sample_rate: int) -> int:
+    """Length at `sample_rate` of a decoded array, or of a file from its header (not decoded yet)."""
+    if not isinstance(item, (str, os.PathLike)):
+        return len(item)
+    try:
+        info = sf.info(os.fspath(item))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return len(_to_array(item, sample_rate))  # decode_audio raises the error naming the file
+    return int(info.frames * sample_rate / info.samplerate)
+
+
+def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D arrays -> zero-padded (B, N) float32 batch and (B,) lengths in samples."""
+    lengths = torch.tensor([len(a) for a in arrays], dtype=torch.long)
+    batch = torch.zeros(len(arrays), int(lengths.max()) if arrays else 0)  # (B, N)
+    for row, a in enumerate(arrays):
+        batch[row, : len(a)] = torch.from_numpy(a)
+    return batch, lengths
+
+
 def transcribe(m: "ParakeetTDT", inputs: Sequence, batch_size: int = 16, timestamps: bool = True) -> list[Transcript]:
-    """Files (any soundfile format/rate) or 1-D 16 kHz arrays -> Transcripts, in input order.
+    """Files (path or bytes, any soundfile format/rate) or 1-D 16 kHz arrays -> Transcripts, in input order.
 
     Inputs are sorted by length so each batch pads little; results are returned in input order.
+    Files are checked up front (a missing or unreadable file raises AudioDecodeError naming it
+    before any work) and decoded one batch at a time, so memory holds one batch of audio.
     """
-    if isinstance(inputs, (str, os.PathLike, np.ndarray, torch.Tensor)):
+    if isinstance(inputs, (str, os.PathLike, bytes, np.ndarray, torch.Tensor)):
         raise TypeError("transcribe takes a list of inputs; wrap a single input in a list")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sr = m.config.features.sample_rate
-    arrays = [_to_array(x, sr) for x in inputs]
-    order = sorted(range(len(arrays)), key=lambda i: len(arrays[i]))
-    results: list[Transcript | None] = [None] * len(arrays)
+    items = [x if isinstance(x, (str, os.PathLike)) else _to_array(x, sr) for x in inputs]
+    order = sorted(range(len(items)), key=lambda i: _num_samples(items[i], sr))
+    results: list[Transcript | None] = [None] * len(items)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        lengths = torch.tensor([len(arrays[i]) for i in idx])
-        batch = torch.zeros(len(idx), int(lengths.max()) if len(idx) else 0)
-        for row, i in enumerate(idx):
-            batch[row, : len(arrays[i])] = torch.from_numpy(arrays[i])
+        batch, lengths = _pad([_to_array(items[i], sr) for i in idx])
         for i, t in zip(idx, transcribe_waveforms(m, batch, lengths, timestamps)):
             results[i] = t
     return results  # type: ignore[return-value]
