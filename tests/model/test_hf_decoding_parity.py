@@ -4,8 +4,12 @@ generate() agrees with us (and NeMo) where it is correct. Its measured gaps, eac
 - no max-symbols-per-frame guard for TDT: zero-duration emissions never force a frame advance;
 - rows whose encoder frames are exhausted keep emitting until the whole batch is done;
 - it takes the duration *index* as the number of frames (right only for durations [0, 1, 2, ...]);
+  its step-to-frame bookkeeping is then wrong for models with other durations lists;
 - its greedy step argmaxes over token and duration logits together (crashes when a duration wins).
 """
+import dataclasses
+from collections import Counter
+
 import pytest
 import torch
 
@@ -15,8 +19,12 @@ from tests.model.helpers import tiny_model
 transformers = pytest.importorskip("transformers")
 
 
-def _model(folder, duration_bias):
+def _model(folder, duration_bias, durations=None):
     m = tiny_model(folder / "tok", seed=5)
+    if durations is not None:  # same weights, another durations list (the head width is unchanged)
+        other = model.ParakeetTDT(dataclasses.replace(m.config, durations=durations), m.tokenizer).eval()
+        other.load_state_dict(m.state_dict())
+        m = other
     with torch.no_grad():
         m.joint.head.bias[m.config.blank_id + 1 :] += torch.tensor(duration_bias)
     model.save(m, folder / "ckpt")
@@ -85,8 +93,6 @@ def test_gap_no_max_symbols_guard(tmp_path):
     x, lengths = _audio([8000])
     ours = m.transcribe_waveforms(x, lengths)[0]
     _, raw, _ = _hf_decode(m, hf, x, lengths, max_new_tokens=40)
-    from collections import Counter
-
     per_frame_ours = Counter(ours.frames)
     per_frame_hf = Counter(frame for tok, frame in raw[0] if tok != m.config.blank_id)
     assert max(per_frame_ours.values()) <= m.config.max_symbols_per_step
@@ -101,3 +107,22 @@ def test_gap_generate_argmax_spans_duration_logits(tmp_path):
     assert isinstance(m.transcribe_waveforms(x, lengths)[0], model.Transcript)
     with pytest.raises(IndexError):
         _hf_decode(m, hf, x, lengths, max_new_tokens=20)
+
+
+def test_gap_duration_index_taken_as_frames(tmp_path):
+    """With durations (0, 2, 4, 6, 8) saved in config.json, generate() still advances by the argmax
+    *index* (measured: ours emits at frames 0, 2, 4, ... with duration 2; generate() at 0, 1, 2, ... with
+    "duration" 1, the index of 2)."""
+    durations = (0, 2, 4, 6, 8)
+    m, hf = _model(tmp_path, [-6.0, -3.0, -3.5, -4.0, -4.5], durations=durations)
+    assert tuple(hf.config.durations) == durations  # the checkpoint does carry the list
+    x, lengths = _audio([16000])
+    ours = m.transcribe_waveforms(x, lengths)[0]
+    assert len(ours.durations) > 3 and set(ours.durations) <= set(durations)
+    # generate() on the same model: the durations it reports are indices into the list, and its frame
+    # pointer advanced by them. The first emission (same state, same frame) shows it directly.
+    (hf_row,), _, _ = _hf_decode(m, hf, x, lengths)
+    hf_ids, hf_frames, hf_durs = hf_row
+    assert (hf_ids[0], hf_frames[0]) == (ours.token_ids[0], ours.frames[0]) == (ours.token_ids[0], 0)
+    assert ours.durations[0] != 1 and hf_durs[0] == durations.index(ours.durations[0])
+    assert hf_frames[1] - hf_frames[0] == hf_durs[0] != ours.frames[1] - ours.frames[0]
