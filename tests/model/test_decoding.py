@@ -2,6 +2,8 @@
 (a line-by-line port of NeMo 3.0's batch-size-1 `GreedyTDTInfer._greedy_decode`)."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -211,13 +213,24 @@ def tiny(tmp_path_factory):
     return tiny_model(tmp_path_factory.mktemp("tok"), seed=3)
 
 
-@settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 10_000), b=st.integers(1, 5), max_symbols=st.sampled_from([1, 2, 10]))
-def test_random_tiny_model_batched_equals_reference(tiny, seed, b, max_symbols):
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    b=st.integers(1, 5),
+    max_symbols=st.sampled_from([1, 2, 10]),
+    blank_bias=st.floats(-3.0, 3.0),
+    zero_bias=st.floats(-2.0, 6.0),
+)
+def test_random_tiny_model_batched_equals_reference(tiny, seed, b, max_symbols, blank_bias, zero_bias):
+    """Real LSTM state and joint; biases make blank stalls, zero-duration chains and guards common."""
     g = torch.Generator().manual_seed(seed)
     t = 20
     enc = torch.randn(b, t, tiny.config.encoder.d_model, generator=g) * 3
     lengths = torch.randint(0, t + 1, (b,), generator=g)
+    blank = tiny.config.blank_id
+    joint = copy.deepcopy(tiny.joint)
     with torch.no_grad():
-        hs, refs = run_both(enc, lengths, tiny.predictor, tiny.joint, tiny.config.blank_id, tiny.config.durations, max_symbols)
+        joint.head.bias[blank] += blank_bias
+        joint.head.bias[blank + 1] += zero_bias  # durations[0] == 0
+        hs, refs = run_both(enc, lengths, tiny.predictor, joint, blank, tiny.config.durations, max_symbols)
     assert hs == refs
