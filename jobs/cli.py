@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in JOB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:  # a real missing dependency inside the module: surface it
-                raise
-            continue  # the job module is not part of this build yet
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 
