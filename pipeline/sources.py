@@ -95,17 +95,12 @@ def iter_folder(fs: fsspec.AbstractFileSystem, path: str, extensions: tuple[str,
 def read_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """`audio_uri` column of a Parquet/CSV/JSONL manifest. Relative entries resolve against the
     manifest's folder; duplicates are dropped (each input is transcribed once)."""
-    fs, path = filesystem(uri, storage_options)
-    with fs.open(path, "rb") as f:
-        table = _read_table(f, uri)
-    if URI_COLUMN not in table.column_names:
-        raise InputError(f"manifest {uri} has no '{URI_COLUMN}' column (columns: {table.column_names})")
-    base = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri else "."
+    table = read_manifest_table(uri, storage_options)
     seen: dict[str, None] = {}
     for i, value in enumerate(table.column(URI_COLUMN).to_pylist()):
         if not value:
             raise InputError(f"manifest {uri} row {i}: empty {URI_COLUMN}")
-        seen.setdefault(_resolve(str(value), base, fs), None)
+        seen.setdefault(value, None)
     if not seen:
         raise InputError(f"manifest {uri} lists no inputs")
     return list(seen)
@@ -133,13 +128,13 @@ def _resolve(value: str, base: str, fs: fsspec.AbstractFileSystem) -> str:
 
 
 def read_manifest_table(uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
-    """A whole Parquet/CSV/JSONL manifest (e.g. for training: audio_uri, text, duration_s), with
-    relative `audio_uri` entries resolved against the manifest's folder."""
+    """A whole Parquet/CSV/JSONL manifest (for training also text, duration_s), with relative
+    `audio_uri` entries resolved against the manifest's folder (empty entries stay empty)."""
     fs, path = filesystem(uri, storage_options)
     with fs.open(path, "rb") as f:
         table = _read_table(f, uri)
     if URI_COLUMN not in table.column_names:
         raise InputError(f"manifest {uri} has no '{URI_COLUMN}' column (columns: {table.column_names})")
     base = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri else "."
-    resolved = [_resolve(str(v), base, fs) for v in table.column(URI_COLUMN).to_pylist()]
+    resolved = [_resolve(str(v), base, fs) if v else v for v in table.column(URI_COLUMN).to_pylist()]
     return table.set_column(table.column_names.index(URI_COLUMN), URI_COLUMN, pa.array(resolved, pa.string()))
