@@ -47,8 +47,14 @@ def greedy_tdt(
     blank_id: int,
     durations: Sequence[int],
     max_symbols_per_step: int = 10,
+    compact: bool | None = None,
 ) -> list[Hypothesis]:
     """encoder_out (B, T, D), encoder_lengths (B,) frames -> one Hypothesis per row.
+
+    `compact`: in the blank-skipping inner loop, run the joint only on the rows still searching
+    (fewer FLOPs, one more host sync and data-dependent shapes), or on every row with masked updates
+    (fixed shapes, what a CUDA graph needs). None picks compact on CPU, fixed shapes elsewhere; the
+    result is identical.
 
     `predictor(tokens (B, 1), state) -> (out (B, 1, H), state (h, c) each (L, B, H))`;
     `joint.project_encoder`, `joint.project_predictor`, `joint.combine` as in model/joint.py; token
@@ -56,6 +62,8 @@ def greedy_tdt(
     """
     _check_args(encoder_out, encoder_lengths, blank_id, durations, max_symbols_per_step)
     b, t_max, _ = encoder_out.shape
+    if compact is None:
+        compact = encoder_out.device.type == "cpu"
     if t_max == 0 or b == 0:
         return [Hypothesis((), (), ()) for _ in range(b)]
     device = encoder_out.device
@@ -64,9 +72,10 @@ def greedy_tdt(
     enc_proj = joint.project_encoder(encoder_out)  # (B, T, J), projected once
     rows = torch.arange(b, device=device)
 
-    def evaluate(time: torch.Tensor, g_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = enc_proj[rows, time.clamp(max=t_max - 1)]  # (B, J) each row's current frame
-        logits = joint.combine(f, g_proj).float()  # (B, V + 1 + n_durations)
+    def evaluate(time: torch.Tensor, g_proj: torch.Tensor, which: torch.Tensor = rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """(label, duration) of rows `which` (R,) at their current frames."""
+        f = enc_proj[which, time[which].clamp(max=t_max - 1)]  # (R, J) each row's current frame
+        logits = joint.combine(f, g_proj[which]).float()  # (R, V + 1 + n_durations)
         return logits[:, : blank_id + 1].argmax(-1), dur_values[logits[:, blank_id + 1 :].argmax(-1)]
 
     sos = torch.full((b, 1), blank_id, dtype=torch.long, device=device)  # blank = start of sequence
@@ -83,10 +92,15 @@ def greedy_tdt(
         while bool(searching.any()):
             time, symbols = _advance(time, symbols, label, dur, searching, blank_id, max_symbols_per_step)
             searching &= time < lengths
-            new_label, new_dur = evaluate(time, g_proj)
-            label = torch.where(searching, new_label, label)
-            dur = torch.where(searching, new_dur, dur)
-            searching &= label == blank_id
+            if compact:
+                which = searching.nonzero().squeeze(1)  # (R,) rows still searching
+                new_label, new_dur = evaluate(time, g_proj, which)
+                label, dur = label.index_put((which,), new_label), dur.index_put((which,), new_dur)
+                searching = torch.zeros_like(searching).index_put((which,), new_label == blank_id)
+            else:
+                new_label, new_dur = evaluate(time, g_proj)
+                label, dur = torch.where(searching, new_label, label), torch.where(searching, new_dur, dur)
+                searching &= label == blank_id
         emit = time < lengths  # every row still inside its audio now holds a label
         if not bool(emit.any()):
             break

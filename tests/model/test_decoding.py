@@ -89,8 +89,10 @@ def scripted(T, U, V, durations, script, b=1):
     return enc, ScriptedPredictor(V), ScriptedJoint(table)
 
 
-def run_both(enc, lengths, pred, joint, blank, durations, max_symbols=10):
-    batched = greedy_tdt(enc, lengths, pred, joint, blank, durations, max_symbols)
+def run_both(enc, lengths, pred, joint, blank, durations, max_symbols=10, compact=None):
+    batched = greedy_tdt(enc, lengths, pred, joint, blank, durations, max_symbols, compact=compact)
+    if compact is None:  # both inner-loop variants (compact rows / fixed shapes) give the same result
+        assert greedy_tdt(enc, lengths, pred, joint, blank, durations, max_symbols, compact=False) == batched
     refs = [reference_greedy(enc[i], int(lengths[i]), pred, joint, blank, durations, max_symbols) for i in range(len(enc))]
     return batched, refs
 
