@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Token:
-    """One emitted token: vocabulary id, its text piece (SentencePiece '▁' kept), start/end in s."""
+    """One emitted token: vocabulary id, its decoded text (as NeMo reports it, no "▁"), start/end in s."""
 
     id: int
     text: str
