@@ -72,6 +72,7 @@ def train_func(config: dict) -> None:
     cfg = TrainConfig(**raw)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(config.get("threads") or 1)))  # Ray sets OMP_NUM_THREADS=1: use the CPUs we reserved
     resume = None
     checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts the group after a failure
     if checkpoint is not None:
@@ -134,7 +135,8 @@ def run(cfg, address: str | None = None, workers: int = 1, gpus_per_worker: floa
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={"cfg": dataclasses.asdict(cfg), "resume_uri": resume_uri, "crash": os.environ.get(CRASH_ENV)},
+        train_loop_config={"cfg": dataclasses.asdict(cfg), "resume_uri": resume_uri, "crash": os.environ.get(CRASH_ENV),
+                           "threads": cpus_per_worker},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources),
         run_config=RunConfig(
             name="finetune", storage_path=storage,

@@ -12,6 +12,8 @@ import os
 import sys
 import tempfile
 
+import torch
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from jobs import finetune  # noqa: E402
@@ -24,8 +26,11 @@ def main() -> None:
     ap.add_argument("--batch-seconds", type=float, default=60.0)
     args = ap.parse_args()
     out = tempfile.mkdtemp(prefix="overhead-")
+    arch = {"encoder": {"n_layers": 4, "d_model": 128, "n_heads": 4, "subsampling_conv_channels": 64}, "predictor": {"pred_hidden": 128},
+            "joint": {"joint_hidden": 128}}  # the demo model's shape
     base = dict(train=args.manifest, preset="tiny", vocab_size=128, batch_seconds=args.batch_seconds,
-                warmup_steps=5, spec_augment=None)
+                warmup_steps=5, spec_augment=None, overrides=arch)
+    torch.set_num_threads(2)
     epochs = []
     # a plain process: epoch 1 warms the audio cache, epoch 2 is timed
     train(TrainConfig(output=f"{out}/plain", epochs=2, **base), lambda m, c: epochs.append(m))
@@ -33,7 +38,7 @@ def main() -> None:
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False)
-    finetune.run(TrainConfig(output=f"{out}/ray", epochs=2, **base), workers=1)
+    finetune.run(TrainConfig(output=f"{out}/ray", epochs=2, **base), workers=1, cpus_per_worker=2)  # same 2 threads
     rows = [json.loads(line) for line in open(f"{out}/ray/epochs.jsonl")]
     ray_step = rows[-1]["epoch_s"] / (rows[-1]["step"] - rows[-2]["step"])
     print(f"plain loop: {plain:.3f} s/step; Ray Train (1 worker): {ray_step:.3f} s/step; overhead {100 * (ray_step / plain - 1):+.1f}%")
