@@ -1,0 +1,43 @@
+"""SpecAugment and the learning-rate schedule, tested directly (they also run inside the Ray Train tests)."""
+import math
+
+import pytest
+import torch
+
+from model.schedule import warmup_cosine
+from model.spec_augment import SpecAugmentConfig, spec_augment
+
+
+def test_schedule_warmup_peak_and_floor():
+    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(55, 10, 100) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert warmup_cosine(100, 10, 100) == pytest.approx(0.05) == warmup_cosine(500, 10, 100)
+    values = [warmup_cosine(s, 10, 100) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay after warmup
+
+
+def test_spec_augment_masks_within_bounds():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(4, 80, 300) + 10.0  # nonzero everywhere, so zeros are masks
+    lengths = torch.tensor([300, 200, 100, 50])
+    cfg = SpecAugmentConfig(freq_masks=2, freq_width=15, time_masks=3, time_width=0.05)
+    out = spec_augment(feats, lengths, cfg, generator=g)
+    assert out.shape == feats.shape
+    zero = out == 0
+    kept = ~zero
+    assert torch.equal(out[kept], feats[kept])  # unmasked values untouched
+    for b in range(4):
+        full_bins = zero[b].all(dim=1).sum().item()  # mel bins masked over all frames
+        assert full_bins <= 2 * 15
+        masked_frames = zero[b].all(dim=0).nonzero().flatten()
+        assert len(masked_frames) <= 3 * max(1, int(lengths[b] * 0.05))
+        if len(masked_frames):
+            assert masked_frames.max() < lengths[b]  # time masks stay inside the valid frames
+
+
+def test_spec_augment_disabled_masks_is_identity():
+    feats = torch.randn(2, 80, 40)
+    out = spec_augment(feats, torch.tensor([40, 20]), SpecAugmentConfig(freq_masks=0, time_masks=0))
+    assert torch.equal(out, feats)
