@@ -1,7 +1,9 @@
-"""A real two-node local Ray cluster (`ray start --head` + `ray start --address`, distinct resources),
-and the transcribe job submitted to it with `ray job submit --working-dir .` as infra/README.md shows."""
+"""A real two-node local Ray cluster (`ray start --head` + `ray start --address`, distinct resources,
+Ray 2.60 token authentication), and the transcribe job submitted to it with `ray job submit`, the
+working_dir and infra/runtime_env.yaml as infra/README.md shows; the Parquet is read back."""
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
@@ -55,7 +58,12 @@ def _stop(temp_dir):
 def cluster():
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix socket paths are length-limited
     gcs, dashboard, *rest = _ports(10)
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # The cluster's own token in a file of its own (not the user's ~/.ray/auth_token): every `ray` command
+    # below finds it through RAY_AUTH_TOKEN_PATH, as infra/README.md documents.
+    token_path = Path(temp_dir) / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+    env.pop("RAY_AUTH_TOKEN", None)
     try:
         subprocess.run(["ray", "start", "--head", "--port", str(gcs), "--dashboard-port", str(dashboard),
                         "--include-dashboard=true", "--num-cpus", "2", "--resources", json.dumps({"head": 1}),
@@ -69,32 +77,64 @@ def cluster():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _submit(address, env, *entrypoint, runtime_env=None, timeout=300):
+    extra = ["--working-dir", str(ROOT), "--runtime-env", str(runtime_env)] if runtime_env else []
+    return subprocess.run(["ray", "job", "submit", "--address", address, *extra, "--", *entrypoint],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _documented_runtime_env(tmp_path):
+    """infra/runtime_env.yaml as shipped, minus its pip list (this machine has the packages; no downloads in tests)."""
+    env = yaml.safe_load((ROOT / "infra" / "runtime_env.yaml").read_text())
+    assert env.pop("pip")
+    path = tmp_path / "runtime_env.yaml"
+    path.write_text(yaml.safe_dump(env))
+    return path
+
+
 @pytest.mark.slow
 def test_ray_job_submit_transcribe_on_two_nodes(cluster, tmp_path):
     address, env = cluster
+    # token auth is really on: a client holding a different token is turned away
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text(secrets.token_hex(32))
+    denied = _submit(address, {**env, "RAY_AUTH_TOKEN_PATH": str(wrong)}, "python", "-c", "print('ran')", timeout=120)
+    assert denied.returncode != 0 and "Invalid authentication token" in denied.stderr, denied.stderr[-2000:]
+
+    # both nodes joined, each with its own custom resource
+    check = _submit(address, env, "python", "-c", "import ray, json; ray.init(); r = ray.cluster_resources(); "
+                    "print('RESOURCES', json.dumps({k: r.get(k) for k in ('head', 'worker', 'CPU')}))")
+    line = next(l for l in check.stdout.splitlines() if l.startswith("RESOURCES"))
+    assert json.loads(line.split(" ", 1)[1]) == {"head": 1.0, "worker": 1.0, "CPU": 4.0}
+
     audio = tmp_path / "audio"
     audio.mkdir()
-    clips = [p for p in (DATA / "audio").iterdir() if p.suffix == ".wav"][:4]
+    clips = sorted(p for p in (DATA / "audio").iterdir() if p.suffix == ".wav")[:4]
     for p in clips:
         shutil.copy(p, audio / p.name)
     out = tmp_path / "out"
-    runtime_env = {"excludes": ["tests/", ".git/", "examples/"], "env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
-    # both nodes joined, each with its own custom resource
-    check = subprocess.run(["ray", "job", "submit", "--address", address, "--", "python", "-c",
-                            "import ray, json; ray.init(); r = ray.cluster_resources(); "
-                            "print('RESOURCES', json.dumps({k: r.get(k) for k in ('head', 'worker', 'CPU')}))"],
-                           env=env, capture_output=True, text=True, timeout=300)
-    line = next(l for l in check.stdout.splitlines() if l.startswith("RESOURCES"))
-    assert json.loads(line.split(" ", 1)[1]) == {"head": 1.0, "worker": 1.0, "CPU": 4.0}
-    proc = subprocess.run(
-        ["ray", "job", "submit", "--address", address, "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env),
-         "--", "python", "-m", "jobs.cli", "transcribe", str(audio), str(out), "--model", str(DATA / "nemo" / "tiny_tdt.nemo"),
-         "--address", "auto", "--no-progress"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
+    model_path = DATA / "nemo" / "tiny_tdt.nemo"
+    command = ("python", "-m", "jobs.cli", "transcribe", str(audio), str(out), "--model", str(model_path),
+               "--address", "auto", "--no-progress")
+    runtime_env = _documented_runtime_env(tmp_path)
+    proc = _submit(address, env, *command, runtime_env=runtime_env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr)
     table = pq.read_table(sorted((out / "transcripts").glob("*.parquet")))
     assert sorted(Path(u).name for u in table.column("audio_uri").to_pylist()) == sorted(p.name for p in clips)
     assert all(table.column("error").is_null().to_pylist())
     assert json.loads((out / "_summary.json").read_text())["files"] == len(clips)
+
+    # the job's texts are the model's own on the same files
+    import model
+
+    m = model.load(str(model_path))
+    expected = {p.name: t.text for p, t in zip(clips, m.transcribe([str(p) for p in clips]))}
+    got = {Path(u).name: text for u, text in zip(table.column("audio_uri").to_pylist(), table.column("text").to_pylist())}
+    assert got == expected
+
+    # resume = rerun the same submission: nothing is transcribed twice, nothing goes missing
+    again = _submit(address, env, *command, runtime_env=runtime_env, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    rerun = pq.read_table(sorted((out / "transcripts").glob("*.parquet")))
+    assert sorted(rerun.column("audio_uri").to_pylist()) == sorted(table.column("audio_uri").to_pylist())

@@ -81,14 +81,34 @@ def test_console_script_exists():
     assert scripts["parakeet-ray"] == "jobs.cli:main"
 
 
-def test_dockerfiles_install_the_project_and_bake_no_secrets():
-    for name in ("Dockerfile.gpu", "Dockerfile.cpu"):
-        text = (INFRA / name).read_text()
-        assert re.search(r"^FROM rayproject/ray:2\.60\.0-py311-\S+$", text, re.M), name
-        assert "pip install --no-cache-dir ." in text
-        for folder in ("model", "pipeline", "jobs"):
-            assert f"COPY --chown=ray:users {folder} ./{folder}" in text
-        assert not re.search(r"AWS_(SECRET|ACCESS)|TOKEN", text), name
+def _arg_default(text, name):
+    match = re.search(rf"^ARG {name}=(\S+)$", text, re.M)
+    assert match, f"ARG {name} with a default"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("name,flavour", [("Dockerfile.gpu", "cu"), ("Dockerfile.cpu", "cpu")])
+def test_dockerfiles_are_pinned_install_the_project_and_bake_no_secrets(name, flavour):
+    text = (INFRA / name).read_text()
+    assert re.search(rf"^rayproject/ray:2\.60\.0-py311-{flavour}\S*$", _arg_default(text, "RAY_IMAGE"), re.M)
+    assert re.search(r"^FROM \$\{RAY_IMAGE\}$", text, re.M)
+    # the torch pinned in the image is the one CI tests with
+    ci_torch = re.search(r"torch==(\S+)", (ROOT / ".ci" / "run").read_text()).group(1)
+    assert _arg_default(text, "TORCH_VERSION") == ci_torch
+    assert _arg_default(text, "TORCH_INDEX").startswith("https://download.pytorch.org/whl/" + flavour)
+    # every COPY source exists and is not dropped by .dockerignore; the project is pip-installed
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    for line in re.findall(r"^COPY (.+)$", text, re.M):
+        sources = [s for s in line.split() if not s.startswith("--")][:-1]
+        for src in sources:
+            assert (ROOT / src).exists() and src not in ignored, (name, src)
+    copied = " ".join(re.findall(r"^COPY (.+)$", text, re.M))
+    for needed in ("pyproject.toml", "README.md", "model", "pipeline", "jobs"):  # what `pip install .` reads
+        assert re.search(rf"(^|\s){needed}(\s|$)", copied), (name, needed)
+    assert "pip install --no-cache-dir ." in text
+    users = re.findall(r"^USER (\S+)$", text, re.M)
+    assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
+    assert not re.search(r"AWS_(SECRET|ACCESS)|TOKEN\b|PASSWORD", text), name
 
 
 def test_no_plaintext_secrets_anywhere():
