@@ -38,6 +38,10 @@ def register(subparsers) -> None:
     p.add_argument("--batch-seconds", type=float, default=120.0, help="padded audio seconds per batch per worker")
     p.add_argument("--vocab-size", type=int, default=128, help="tokenizer size when training from scratch")
     p.add_argument("--no-spec-augment", action="store_true")
+    p.add_argument("--sigma", type=float, default=0.0, help="TDT logit under-normalisation (paper: 0.05; default 0)")
+    p.add_argument("--omega", type=float, default=0.0, help="probability of a step using the plain RNN-T loss (default 0)")
+    p.add_argument("--materialise-logits", action="store_true",
+                   help="build the full (B, T, U+1, V) logits before the loss instead of the fused slab-wise joint+loss")
     p.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (default 3)")
     p.add_argument("--storage-options", default=None, help="JSON of fsspec options for manifests, audio and OUTPUT")
     p.set_defaults(func=run_command)
@@ -49,7 +53,8 @@ def _config(args) -> "TrainConfig":
     options = json.loads(args.storage_options) if args.storage_options else {}
     kw = dict(train=args.train, val=args.val, output=args.output, model=args.model, preset=args.preset,
               vocab_size=args.vocab_size, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
-              warmup_steps=args.warmup_steps, batch_seconds=args.batch_seconds, storage_options=options)
+              warmup_steps=args.warmup_steps, batch_seconds=args.batch_seconds, sigma=args.sigma, omega=args.omega,
+              fused_loss=not args.materialise_logits, storage_options=options)
     if args.no_spec_augment:
         kw["spec_augment"] = None
     return TrainConfig(**kw)

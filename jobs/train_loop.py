@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 import model
+from model.joint_loss import tdt_joint_loss
 from model.loss import tdt_loss
 from model.schedule import warmup_cosine
 from model.spec_augment import SpecAugmentConfig, spec_augment
@@ -38,6 +39,8 @@ class TrainConfig:
     batch_seconds: float = 120.0  # padded audio seconds per batch per worker
     grad_clip: float = 1.0
     sigma: float = 0.0  # TDT logit under-normalisation
+    omega: float = 0.0  # probability of a step using the standard RNN-T loss (NeMo's omega)
+    fused_loss: bool = True  # joint + loss slab by slab (model/joint_loss.py): logits never materialised
     spec_augment: SpecAugmentConfig | None = field(default_factory=SpecAugmentConfig)
     seed: int = 0
     eval_batch_size: int = 32
@@ -69,25 +72,29 @@ def training_loss(m: model.ParakeetTDT, batch: dict[str, torch.Tensor], cfg: Tra
     if cfg.spec_augment is not None:
         feats = spec_augment(feats, flen, cfg.spec_augment)
     targets, t_len = batch["targets"].to(dev), batch["target_lengths"].to(dev)
-    token_logits, duration_logits, enc_len = m(feats, flen, targets)
-    return tdt_loss(token_logits, duration_logits, targets, enc_len, t_len, core.config.blank_id,
-                    list(core.config.durations), sigma=cfg.sigma, reduction="mean")
+    return m(feats, flen, targets, t_len)
 
 
 class TrainForward(torch.nn.Module):
-    """encoder + predictor + joint as one module so DDP sees every trained parameter in forward."""
+    """encoder + predictor + joint + TDT loss as one module so DDP sees every trained parameter in forward."""
 
-    def __init__(self, m: model.ParakeetTDT):
+    def __init__(self, m: model.ParakeetTDT, cfg: TrainConfig):
         super().__init__()
         self.m = m
+        self.sigma, self.omega, self.fused = cfg.sigma, cfg.omega, cfg.fused_loss
 
-    def forward(self, feats, flen, targets):
-        m = self.m
+    def forward(self, feats, flen, targets, target_lengths):
+        m, joint = self.m, self.m.joint
         enc, enc_len = m.encoder(feats.to(m.dtype), flen)
         sos = torch.full_like(targets[:, :1], m.config.blank_id)
         pred, _ = m.predictor(torch.cat([sos, targets], dim=1))  # (B, U+1, H)
-        logits = m.joint(enc, pred)  # (B, T, U+1, V+1+D)
-        return logits[..., : m.config.blank_id + 1], logits[..., m.config.blank_id + 1 :], enc_len
+        args = (targets, enc_len, target_lengths, m.config.blank_id, list(m.config.durations))
+        if self.fused:
+            return tdt_joint_loss(joint.project_encoder(enc), joint.project_predictor(pred), joint.head.weight,
+                                  joint.head.bias, *args, sigma=self.sigma, omega=self.omega, reduction="mean",
+                                  dropout=joint.dropout if joint.training else 0.0)
+        token_logits, duration_logits = joint.split(joint(enc, pred))  # (B, T, U+1, V+1), (B, T, U+1, D)
+        return tdt_loss(token_logits, duration_logits, *args, sigma=self.sigma, omega=self.omega, reduction="mean")
 
 
 def evaluate(m: model.ParakeetTDT, utts: list[Utterance], cache: AudioCache, batch_size: int) -> dict[str, float]:
@@ -121,7 +128,7 @@ def train(cfg: TrainConfig, report: Callable[[dict[str, Any], str | None], None]
     val_utts = read_training_manifest(cfg.val, cfg.storage_options) if cfg.val else []
     m = model.load(resume_from) if resume_from else build_model(cfg, train_utts, work)
     m = m.to(device).train()
-    net = wrap(TrainForward(m))
+    net = wrap(TrainForward(m, cfg))
     params = [p for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     cache = AudioCache(cfg.storage_options)
