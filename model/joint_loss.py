@@ -111,6 +111,8 @@ class _JointLoss(torch.autograd.Function):
         if need_grad:
             ctx.save_for_backward(f, g, weight, bias, targets, dur_logits, occ_b, occ_l)
             ctx.meta = (blank_id, rnnt, dropout, seed)
+            # the backward recomputes the logits: under the forward's autocast state, so they are the same
+            ctx.autocast = (torch.is_autocast_enabled(dev.type), torch.get_autocast_dtype(dev.type))
         return (-logp).to(dev, cdt)
 
     @staticmethod
@@ -133,8 +135,9 @@ class _JointLoss(torch.autograd.Function):
         for k, (i, ts) in enumerate(_slabs(b, t, u1, weight.shape[0])):
             with torch.no_grad():
                 h, keep = _hidden(f, g, i, ts, dropout, seed, k)
-                z = torch.nn.functional.linear(h, weight, bias).to(cdt)
-                dz = z  # the logit gradient overwrites the logits, slab by slab
+                with torch.autocast(dev.type, dtype=ctx.autocast[1], enabled=ctx.autocast[0]):
+                    z = torch.nn.functional.linear(h, weight, bias)
+                dz = z = z.to(cdt)  # the logit gradient overwrites the logits, slab by slab
                 dz[..., :n_cls] = torch.softmax(z[..., :n_cls], dim=-1) * state[i, ts, :, None]
                 dz[..., blank_id] -= g_blank[i, ts]
                 if u1 > 1:

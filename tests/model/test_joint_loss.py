@@ -87,3 +87,32 @@ def test_fused_arguments_are_checked():
         tdt_joint_loss(f, g, joint.head.weight, joint.head.bias, targets, t_len, u_len, cfg.blank_id, DURATIONS, dropout=1.0)
     with pytest.raises(ValueError, match="exceeds"):
         tdt_joint_loss(f, g, joint.head.weight, joint.head.bias, targets, t_len + 5, u_len, cfg.blank_id, DURATIONS)
+
+
+def test_fused_under_autocast_recomputes_the_same_logits():
+    """Under bf16 autocast (the GPU training path; CPU autocast here) the backward recomputes the logits
+    in the forward's precision: dW equals dz^T h with dz from the bf16 logits (float32 matmul), not
+    from float32 logits (which differ by more than the tolerance: the check can fail)."""
+    cfg, joint, enc, pred, targets, t_len, u_len = _setup(torch.float32)
+    f, g = joint.project_encoder(enc).detach(), joint.project_predictor(pred).detach()
+    w, bias = joint.head.weight, joint.head.bias
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = tdt_joint_loss(f, g, w, bias, targets, t_len, u_len, cfg.blank_id, DURATIONS)
+    gw_got = torch.autograd.grad(got, w)[0]
+    h = torch.relu(f[:, :, None] + g[:, None])
+
+    def reference(logits):
+        z = logits.float().detach().requires_grad_()
+        tok, dur = joint.split(z)
+        loss = tdt_loss(tok, dur, targets, t_len, u_len, cfg.blank_id, DURATIONS)
+        dz = torch.autograd.grad(loss, z)[0]
+        return loss.item(), dz.reshape(-1, dz.shape[-1]).t() @ h.reshape(-1, h.shape[-1])
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_logits = torch.nn.functional.linear(h, w, bias)
+    want_loss, want_gw = reference(bf16_logits)
+    _, fp32_gw = reference(torch.nn.functional.linear(h, w, bias))
+    tol = 1e-5 * want_gw.abs().max()
+    assert abs(got.item() - want_loss) <= 1e-5 * abs(want_loss)
+    assert (gw_got - want_gw).abs().max() <= tol
+    assert (fp32_gw - want_gw).abs().max() > tol
