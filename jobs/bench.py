@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-sizes", default="1,4,16", help="comma-separated batch sizes (default 1,4,16)")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per utterance (default 10)")
     p.add_argument("--repeats", type=int, default=2, help="timed repeats per batch size, after one warm-up (default 2)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="weights and compute (features stay fp32); bf16 uses AVX512-BF16/AMX where the CPU has them")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--long-minutes", default="", help="comma-separated minutes of audio for the peak-memory runs, e.g. 10,60")
     p.add_argument("--long-context", type=int, default=128, help="limited-context attention frames each side for long audio")
@@ -38,15 +40,16 @@ def _load(args):
 
     import model
 
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[getattr(args, "precision", "fp32")]
     if args.model:
-        return model.load(args.model), args.model
+        return model.load(args.model, dtype=dtype), args.model
     from model.config import preset
 
     cfg = preset(args.preset)
     torch.manual_seed(0)
     m = model.ParakeetTDT(cfg, None).eval()
     _realistic_emissions(m)
-    return m, f"{args.preset} (random weights)"
+    return m.to(dtype), f"{args.preset} (random weights)"
 
 
 def _realistic_emissions(m, target_tokens_per_frame: float = 0.4) -> None:
@@ -149,7 +152,7 @@ def measure_long(args, minutes: float) -> dict:
     code = (
         "import sys, time, resource, json, torch; sys.argv=['x'];"
         "from jobs import bench; import argparse;"
-        f"a=argparse.Namespace(model={args.model!r}, preset={args.preset!r});"
+        f"a=argparse.Namespace(model={args.model!r}, preset={args.preset!r}, precision={args.precision!r});"
         "m,_=bench._load(a); torch.set_grad_enabled(False);"
         f"m.set_attention_context(({args.long_context}, {args.long_context}));"
         "base=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
@@ -176,8 +179,11 @@ def run_command(args: argparse.Namespace) -> int:
     m, label = _load(args)
     batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     params = sum(p.numel() for p in m.parameters()) / 1e6
-    print(f"model: {label}, {params:.1f} M parameters; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}")
+    from jobs.allocator import current
+
+    allocator = current()
+    print(f"model: {label}, {params:.1f} M parameters, {args.precision}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, malloc: {allocator}")
     ref = matmul_gflops()
     print(f"plain torch.matmul 2048^2 on this machine: {ref:.1f} GFLOP/s")
     rows = []
@@ -197,7 +203,7 @@ def run_command(args: argparse.Namespace) -> int:
         else:
             print(f"long audio {mins:g} min, context ±{r['context']}: peak RSS {r['peak_rss_mb']:.0f} MB "
                   f"(model loaded: {r['model_rss_mb']:.0f} MB), {r['wall_s']:.1f} s, {r['tokens']} tokens")
-    result = {"model": label, "params_m": params, "threads": torch.get_num_threads(), "matmul_gflops": ref,
+    result = {"model": label, "precision": args.precision, "allocator": allocator, "params_m": params, "threads": torch.get_num_threads(), "matmul_gflops": ref,
               "seconds_per_utterance": args.seconds, "batches": rows, "long_audio": long_rows}
     path = args.json or "bench.json"
     with open(path, "w") as f:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules that provide subcommands, in the order `--help` lists them.
@@ -34,6 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
+
+
+def entry() -> int:
+    """The installed `parakeet-ray` script: re-executes once on tcmalloc when available (jobs/allocator.py)."""
+    from jobs.allocator import preload_env
+
+    env = preload_env(os.environ)
+    if env is not None:
+        os.execve(sys.executable, [sys.executable, "-m", "jobs.cli", *sys.argv[1:]], env)
+    return main()
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ class FeedForward(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.dropout(F.silu(self.linear1(x)), self.dropout, self.training)
-        return self.linear2(x)
+        h = self.linear1(x)
+        if torch.is_grad_enabled() or self.training:
+            return self.linear2(F.dropout(F.silu(h), self.dropout, self.training))
+        return self.linear2(F.silu(h, inplace=True))  # inference: no second (B, T, d_ff) tensor
 
 
 class ConvModule(nn.Module):
@@ -38,9 +40,21 @@ class ConvModule(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         x = F.glu(self.pointwise_conv1(x.transpose(1, 2)), dim=1)  # (B, C, T)
-        x = x.masked_fill(~valid[:, None, :], 0.0)  # padding must not leak into valid frames
-        x = F.silu(self.norm(self.depthwise_conv(x)))
+        if torch.is_grad_enabled() or self.training:
+            x = x.masked_fill(~valid[:, None, :], 0.0)  # padding must not leak into valid frames
+            x = F.silu(self.norm(self.depthwise_conv(x)))
+        else:  # inference: in place, BatchNorm folded into the depthwise conv (one pass fewer)
+            x = x.masked_fill_(~valid[:, None, :], 0.0)
+            x = F.silu(self._depthwise_with_norm(x), inplace=True)
         return self.pointwise_conv2(x).transpose(1, 2)  # (B, T, C)
+
+    def _depthwise_with_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """BatchNorm(depthwise(x)) in eval mode as one conv: w * s, (b - mean) * s + beta, s = gamma / std."""
+        conv, bn = self.depthwise_conv, self.norm
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        return F.conv1d(x, conv.weight * scale[:, None, None], (bias - bn.running_mean) * scale + bn.bias,
+                        padding=conv.padding, groups=conv.groups)
 
 
 class ConformerBlock(nn.Module):
@@ -58,7 +72,14 @@ class ConformerBlock(nn.Module):
         self.norm_out = nn.LayerNorm(d)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """inplace=True (inference only) updates x in place: the encoder passes it for its own tensors."""
+        if inplace and not torch.is_grad_enabled() and not self.training:
+            x.add_(self.feed_forward1(self.norm_feed_forward1(x)), alpha=0.5)
+            x.add_(self.self_attn(self.norm_self_att(x), valid))
+            x.add_(self.conv(self.norm_conv(x), valid))
+            x.add_(self.feed_forward2(self.norm_feed_forward2(x)), alpha=0.5)
+            return self.norm_out(x)
         drop = lambda y: F.dropout(y, self.dropout, self.training)  # noqa: E731
         x = x + 0.5 * drop(self.feed_forward1(self.norm_feed_forward1(x)))  # macaron half-step FF
         x = x + drop(self.self_attn(self.norm_self_att(x), valid))
@@ -89,6 +110,7 @@ class FastConformerEncoder(nn.Module):
         x, lengths = self.subsampling(features, lengths)
         x = F.dropout(x * self.input_scale, self.config.dropout_pre_encoder, self.training)
         valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]  # (B, T)
+        inplace = not torch.is_grad_enabled() and not self.training
         for layer in self.layers:
-            x = layer(x, valid)
+            x = layer(x, valid, inplace)  # x is ours: the subsampling's output, then each layer's norm_out
         return x, lengths

@@ -64,6 +64,16 @@ class LogMelFeatures(nn.Module):
         fb = torch.from_numpy(mel_filterbank(config.sample_rate, config.n_fft, config.n_mels))
         self.register_buffer("filterbank", fb, persistent=False)  # (n_mels, n_fft // 2 + 1)
 
+    def _apply(self, fn, recurse=True):
+        """Device moves apply; dtype casts do not: a bf16/fp16 model keeps an exact float32 front end."""
+        super()._apply(fn, recurse)
+        if self.window.dtype != torch.float32 or self.filterbank.dtype != torch.float32:
+            dev = self.window.device
+            self.window = torch.hann_window(self.config.win_length, periodic=False, dtype=torch.float32, device=dev)
+            fb = mel_filterbank(self.config.sample_rate, self.config.n_fft, self.config.n_mels)
+            self.filterbank = torch.from_numpy(fb).to(dev)
+        return self
+
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Valid feature frames for `lengths` samples: floor(N / hop) (NeMo's get_seq_len, centred STFT)."""
         pad = self.config.n_fft // 2 * 2

@@ -43,13 +43,17 @@ class Subsampling(nn.Module):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = features.transpose(1, 2).unsqueeze(1)  # (B, 1, F, n_mels)
         cur = lengths
+        inplace = not torch.is_grad_enabled()  # inference: mask and ReLU in place (these maps are large)
         for layer in self.layers:
+            if inplace and isinstance(layer, nn.ReLU):
+                x = x.relu_()
+                continue
             x = layer(x)
             if isinstance(layer, nn.Conv2d):  # mask after every conv: a pointwise bias must not leak
                 if layer.stride != (1, 1):
                     cur = conv_output_lengths(cur, 1)
-                keep = torch.arange(x.shape[2], device=x.device)[None, :] < cur[:, None]  # (B, T')
-                x = x * keep[:, None, :, None].to(x.dtype)
+                keep = (torch.arange(x.shape[2], device=x.device)[None, :] < cur[:, None])[:, None, :, None].to(x.dtype)
+                x = x.mul_(keep) if inplace else x * keep
         b, c, t, f = x.shape
         x = self.linear(x.transpose(1, 2).reshape(b, t, c * f))  # (B, T, C * F') -> (B, T, d_model)
         return x, cur

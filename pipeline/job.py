@@ -38,6 +38,7 @@ class TranscribeConfig:
     gpus_per_actor: float | None = None  # default: 1 if the cluster has GPUs, else 0
     cpus_per_actor: float = 1.0  # also the actor's torch thread count on CPU
     device: str = "auto"  # auto: cuda when Ray assigned a GPU, else cpu
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or fp32 / bf16 / fp16
     batch_seconds: float = DEFAULT_BATCH_SECONDS  # padded audio seconds per model call
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS  # longer inputs are chunked and stitched
     window_rows: int = 32  # inputs handed to an actor per call (sorted and batched by duration inside)
@@ -50,6 +51,8 @@ class TranscribeConfig:
     progress: bool = True
 
     def __post_init__(self):
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         for name in ("batch_seconds", "chunk_seconds", "cpus_per_actor"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -126,7 +129,7 @@ def transcribed(cfg: TranscribeConfig, ds, actors: int, gpus_per_actor: float):
     return ds.map_batches(
         Transcriber,
         fn_constructor_kwargs=dict(
-            model_uri=_absolute(cfg.model_uri), model_label=cfg.model_uri, device=cfg.device,
+            model_uri=_absolute(cfg.model_uri), model_label=cfg.model_uri, device=cfg.device, precision=cfg.precision,
             batch_seconds=cfg.batch_seconds, chunk_seconds=cfg.chunk_seconds,
             num_threads=max(1, int(cfg.cpus_per_actor)), crash_once_marker=os.environ.get(CRASH_ONCE_ENV),
         ),

@@ -78,7 +78,7 @@ def test_console_script_exists():
     import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["parakeet-ray"] == "jobs.cli:main"
+    assert scripts["parakeet-ray"] == "jobs.cli:entry"  # main() after the allocator re-exec
 
 
 def _arg_default(text, name):
@@ -129,3 +129,11 @@ def test_cluster_launcher_and_runtime_env():
     (env,) = docs(INFRA / "runtime_env.yaml")
     assert env["working_dir"] == "." and "tests/" in env["excludes"]
     assert not any(k.startswith("AWS_") and "KEY" in k for k in env["env_vars"])
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.gpu", "Dockerfile.cpu"])
+def test_images_preload_the_tcmalloc_they_install(name):
+    text = (ROOT / "infra" / name).read_text()
+    assert "libtcmalloc-minimal4" in text
+    preload = re.search(r"^ENV LD_PRELOAD=(\S+)$", text, re.M).group(1)
+    assert preload.endswith("/libtcmalloc_minimal.so.4")  # the file Debian's package installs

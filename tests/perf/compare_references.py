@@ -8,6 +8,10 @@ With --shape, a NeMo model of that architecture is built with random weights (sa
 trained one) and saved as .nemo; all three load that one checkpoint (ours reads the .nemo, transformers
 reads the folder ours saves from it). Prints end-to-end RTFx per batch size and the decoding-only time
 given the same encoder output, with ratios, and writes JSON.
+
+--precisions fp32,bf16 adds a bf16 row per batch size: ours with bf16 weights (features stay fp32), NeMo's
+transcribe and decoding under torch.autocast("cpu", bfloat16) (NeMo's own mixed-precision path), and
+transformers with bf16 weights; the fp32 rows are the parity setting (outputs equal NeMo's).
 """
 from __future__ import annotations
 
@@ -76,6 +80,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,4,16")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--precisions", default="fp32", help="comma-separated: fp32 and/or bf16")
     ap.add_argument("--json", default="compare_references.json")
     args = ap.parse_args()
 
@@ -92,26 +97,42 @@ def main() -> None:
     nm = nemo_asr.models.EncDecRNNTBPEModel.restore_from(nemo_path, map_location="cpu").eval()
     with open_dict(nm.cfg):
         nm.cfg.validation_ds = nm.cfg.get("validation_ds") or {"use_start_end_token": False}
-    ours = model.load(nemo_path)
-    model.save(ours, f"{tmp}/hf")
-    hf = transformers.ParakeetForTDT.from_pretrained(f"{tmp}/hf").eval()
+    ours32 = model.load(nemo_path)
+    model.save(ours32, f"{tmp}/hf")
+    hf32 = transformers.ParakeetForTDT.from_pretrained(f"{tmp}/hf").eval()
     fe = transformers.ParakeetFeatureExtractor.from_pretrained(f"{tmp}/hf")
-    params = sum(p.numel() for p in ours.parameters()) / 1e6
-    print(f"{nemo_path}: {params:.1f} M parameters, torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
+    params = sum(p.numel() for p in ours32.parameters()) / 1e6
+    from jobs.allocator import current
+
+    print(f"{nemo_path}: {params:.1f} M parameters, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load {os.getloadavg()[0]:.2f}, malloc: {current()} (all three share this process)")
     rows = []
-    print(f"{'batch':>5} {'ours RTFx':>10} {'NeMo RTFx':>10} {'HF RTFx':>9} {'vs NeMo':>8} {'vs HF':>7} {'dec ours s':>11} {'dec NeMo s':>11} {'dec ratio':>9}")
-    for b in [int(x) for x in args.batch_sizes.split(",")]:
+    print(f"{'batch':>5} {'prec':>5} {'ours RTFx':>10} {'NeMo RTFx':>10} {'HF RTFx':>9} {'vs NeMo':>8} {'vs HF':>7} {'dec ours s':>11} {'dec NeMo s':>11} {'dec ratio':>9}")
+    import contextlib
+    import copy
+
+    precisions = args.precisions.split(",")
+    ours16 = copy.deepcopy(ours32).to(torch.bfloat16) if "bf16" in precisions else None  # separate copies: a
+    hf16 = copy.deepcopy(hf32).to(torch.bfloat16) if "bf16" in precisions else None  # round trip would round
+    for b, prec in [(int(x), p) for x in args.batch_sizes.split(",") for p in precisions]:
+        bf16 = prec == "bf16"
+        ours, hf = (ours16, hf16) if bf16 else (ours32, hf32)
+        amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         clips = [synthetic_audio(args.seconds, seed=i) for i in range(b)]
         audio_s = b * args.seconds
         wave = torch.from_numpy(np.stack(clips))
         lengths = torch.full((b,), wave.shape[1])
         t_ours = best_of(lambda: ours.transcribe_waveforms(wave, lengths, timestamps=True), args.repeats)
-        t_nemo = best_of(lambda: nm.transcribe(clips, batch_size=b, verbose=False, timestamps=False), args.repeats)
+        def run_nemo():
+            with amp():
+                nm.transcribe(clips, batch_size=b, verbose=False, timestamps=False)
+
+        t_nemo = best_of(run_nemo, args.repeats)
 
         def run_hf():
             inputs = fe(clips, sampling_rate=16000, return_tensors="pt")
             with torch.no_grad():
-                hf.generate(input_features=inputs["input_features"], attention_mask=inputs["attention_mask"])
+                hf.generate(input_features=inputs["input_features"].to(hf.dtype), attention_mask=inputs["attention_mask"])
 
         try:
             t_hf = best_of(run_hf, args.repeats)
@@ -122,13 +143,18 @@ def main() -> None:
             enc, enc_len = ours.encode(wave, lengths)
         c = ours.config
         d_ours = best_of(lambda: greedy_tdt(enc, enc_len, ours.predictor, ours.joint, c.blank_id, c.durations, c.max_symbols_per_step), args.repeats)
-        with torch.no_grad():
-            d_nemo = best_of(lambda: nm.decoding.rnnt_decoder_predictions_tensor(encoder_output=enc.transpose(1, 2), encoded_lengths=enc_len), args.repeats)
-        row = {"batch": b, "audio_s": audio_s, "ours_s": t_ours, "nemo_s": t_nemo, "hf_s": t_hf,
+        enc32 = enc.float()
+
+        def decode_nemo():
+            with torch.no_grad(), amp():
+                nm.decoding.rnnt_decoder_predictions_tensor(encoder_output=enc32.transpose(1, 2), encoded_lengths=enc_len)
+
+        d_nemo = best_of(decode_nemo, args.repeats)
+        row = {"batch": b, "precision": prec, "audio_s": audio_s, "ours_s": t_ours, "nemo_s": t_nemo, "hf_s": t_hf,
                "ours_rtfx": audio_s / t_ours, "nemo_rtfx": audio_s / t_nemo, "hf_rtfx": audio_s / t_hf,
                "decode_ours_s": d_ours, "decode_nemo_s": d_nemo}
         rows.append(row)
-        print(f"{b:>5} {row['ours_rtfx']:>10.1f} {row['nemo_rtfx']:>10.1f} {row['hf_rtfx']:>9.1f} {t_nemo / t_ours:>7.2f}x {t_hf / t_ours:>6.2f}x "
+        print(f"{b:>5} {prec:>5} {row['ours_rtfx']:>10.1f} {row['nemo_rtfx']:>10.1f} {row['hf_rtfx']:>9.1f} {t_nemo / t_ours:>7.2f}x {t_hf / t_ours:>6.2f}x "
               f"{d_ours:>11.3f} {d_nemo:>11.3f} {d_nemo / d_ours:>8.2f}x")
     with open(args.json, "w") as f:
         json.dump({"checkpoint": nemo_path, "params_m": params, "rows": rows}, f, indent=2)

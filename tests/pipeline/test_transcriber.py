@@ -1,4 +1,6 @@
 """The Transcriber on plain dict batches, without Ray, against the bare model."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -52,3 +54,37 @@ def test_device_follows_the_gpus_ray_assigned():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match=r"assigned GPU\(s\) \[1\]"):
             resolve_device("auto", [1])
+
+
+def test_precision_resolves_per_device():
+    from pipeline.transcriber import resolve_precision
+
+    assert resolve_precision("auto", "cpu") == torch.float32  # CPU default keeps NeMo-equal outputs
+    assert resolve_precision("bf16", "cpu") == torch.bfloat16
+    assert resolve_precision("fp32", "cuda") == torch.float32
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="precision='int8'"):
+        resolve_precision("int8", "cpu")
+
+
+def test_bf16_transcriber_keeps_an_exact_front_end_and_the_same_texts():
+    """--precision bf16: weights and compute in bf16, the log-mel front end still exactly float32;
+    with the bundled trained demo model the transcripts equal the float32 model's on these clips
+    (a random-weight model's near-ties would flip), timestamps within one encoder frame."""
+    import model
+
+    demo = str(Path(model.__file__).parent / "pretrained" / "parakeet-tdt-demo")
+    fp32 = model.load(demo)
+    uris = [str(AUDIO / c) for c in CLIPS] + [str(p) for p in sorted((Path(__file__).parents[2] / "examples" / "audio").glob("*.wav"))]
+    t = Transcriber(demo, precision="bf16")
+    assert t.model.dtype == torch.bfloat16 and t.model.preprocessor.filterbank.dtype == torch.float32
+    wave = torch.randn(2, 16000)
+    lengths = torch.tensor([16000, 9000])
+    assert torch.equal(t.model.preprocessor(wave, lengths)[0], fp32.preprocessor(wave, lengths)[0])
+    rows = t(decode_batch({"audio_uri": np.array(uris, dtype=object)})).to_pylist()
+    ref = fp32.transcribe(uris)
+    assert all(r.text for r in ref)
+    assert [r["text"] for r in rows] == [r.text for r in ref]
+    for row, r in zip(rows, ref):
+        assert [x["start_s"] for x in row["tokens"]] == pytest.approx([x.start for x in r.tokens], abs=0.081)
