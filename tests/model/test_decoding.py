@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from model import decoding
 from model.decoding import Hypothesis, greedy_tdt
 from tests.model.helpers import tiny_model
 
@@ -183,9 +184,20 @@ def test_rows_that_found_a_label_keep_their_own_duration():
     max_symbols=st.integers(1, 4),
     blank_bias=st.floats(-2.0, 4.0),
     zero_bias=st.floats(-2.0, 4.0),
+    window=st.sampled_from([(1, 1), (2, 2), (5, 3), (32, 8), (64, 16)]),
 )
-def test_random_scripts_batched_equals_reference(seed, t, b, durations, max_symbols, blank_bias, zero_bias):
-    """Random joint tables (per row, frame and label count): blank stalls, zero-duration chains, guards."""
+def test_random_scripts_batched_equals_reference(seed, t, b, durations, max_symbols, blank_bias, zero_bias, window):
+    """Random joint tables (per row, frame and label count): blank stalls, zero-duration chains, guards;
+    the CPU path's look-ahead window (rows x frames budget, max frames) from one frame to past the audio."""
+    saved = decoding.WINDOW_ROWS, decoding.MAX_WINDOW
+    decoding.WINDOW_ROWS, decoding.MAX_WINDOW = window
+    try:
+        _random_script_case(seed, t, b, durations, max_symbols, blank_bias, zero_bias)
+    finally:
+        decoding.WINDOW_ROWS, decoding.MAX_WINDOW = saved
+
+
+def _random_script_case(seed, t, b, durations, max_symbols, blank_bias, zero_bias):
     g = torch.Generator().manual_seed(seed)
     v = 5
     table = torch.randn(b * t, 64, v + 1 + len(durations), generator=g) * 2
