@@ -22,6 +22,7 @@ loops); the host syncs once per inner and once per outer iteration, on a single 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -84,11 +85,17 @@ def greedy_tdt(
     time = torch.zeros(b, dtype=torch.long, device=device)  # current frame per row
     symbols = torch.zeros(b, dtype=torch.long, device=device)  # joint evaluations at the current frame
     steps: list[tuple[torch.Tensor, ...]] = []
+    frames_per_search = 2.0  # running estimate of frames a label search walks (sizes the CPU window)
     while True:
         active = time < lengths
         if compact:
+            before = time.clone()
             label, dur, time, symbols = _find_labels_windowed(
-                enc_proj, g_proj, joint, time, symbols, lengths, active, blank_id, dur_values, max_symbols_per_step)
+                enc_proj, g_proj, joint, time, symbols, lengths, active, blank_id, dur_values, max_symbols_per_step,
+                frames_per_search)
+            walked = (time - before)[active].float()
+            if walked.numel():
+                frames_per_search = 0.7 * frames_per_search + 0.3 * float(walked.mean())
         else:
             label, dur = evaluate(time, g_proj)
             # Inner loop: rows holding a blank skip ahead until they find a label or run out of frames.
@@ -116,19 +123,23 @@ WINDOW_ROWS = 64  # joint rows per window evaluation (rows x frames); measured b
 MAX_WINDOW = 8  # frames evaluated ahead per row
 
 
-def _find_labels_windowed(enc_proj, g_proj, joint, time, symbols, lengths, active, blank_id, dur_values, max_symbols):
+def _find_labels_windowed(enc_proj, g_proj, joint, time, symbols, lengths, active, blank_id, dur_values, max_symbols,
+                          frames_per_search: float = MAX_WINDOW):
     """The label search of one outer step, evaluating each searching row's joint on a window of frames.
 
     While a row holds a blank its prediction-network output g is fixed, so its joint outputs at the
     next frames do not depend on where the blanks land: one (rows x K frames) matmul reads the head's
     weights once (on CPU, at small batch, the cost of one frame) and the blank skips inside the window
     need no further evaluation. A row that jumps past its window gets a new one. Same (frame, g) ->
-    same outputs, so the result equals evaluating frame by frame.
+    same outputs, so the result equals evaluating frame by frame. `frames_per_search` (a running mean
+    of how far searches walked) sizes the window, so token-dense audio does not pay for unused frames.
     """
     b, t_max, _ = enc_proj.shape
     rows = torch.arange(b, device=enc_proj.device)
     which = active.nonzero().squeeze(1)
-    k = max(1, min(MAX_WINDOW, WINDOW_ROWS // max(1, len(which))))
+    # K: enough frames for the walk this call has been seeing (tokens on most frames -> K = 1, plain
+    # frame-by-frame search), within a rows x K budget that keeps the matmul weight-bound
+    k = max(1, min(MAX_WINDOW, WINDOW_ROWS // max(1, len(which)), math.ceil(frames_per_search + 1)))
     offsets = torch.arange(k, device=enc_proj.device)
 
     def window(r: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
