@@ -148,27 +148,43 @@ def measure_batch(m, batch: int, seconds: float, repeats: int) -> dict:
 
 
 def measure_long(args, minutes: float) -> dict:
-    """Peak RSS of a fresh process transcribing `minutes` of audio with limited-context attention."""
-    code = (
-        "import sys, time, resource, json, torch; sys.argv=['x'];"
-        "from jobs import bench; import argparse;"
-        f"a=argparse.Namespace(model={args.model!r}, preset={args.preset!r}, precision={args.precision!r});"
-        "m,_=bench._load(a); torch.set_grad_enabled(False);"
-        f"m.set_attention_context(({args.long_context}, {args.long_context}));"
-        "base=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        f"x=torch.from_numpy(bench.synthetic_audio({minutes}*60, 0))[None];"
-        "from model.decoding import greedy_tdt; c=m.config;"
-        "t0=time.perf_counter();"
-        "enc,el=m.encode(x, torch.tensor([x.shape[1]]));"
-        "h=greedy_tdt(enc, el, m.predictor, m.joint, c.blank_id, c.durations, c.max_symbols_per_step)[0];"
-        "wall=time.perf_counter()-t0;"
-        "peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        "print(json.dumps({'peak_rss_mb': peak/1024, 'model_rss_mb': base/1024, 'wall_s': wall, 'tokens': len(h.token_ids)}))"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    """Peak memory of a fresh process transcribing `minutes` of audio with limited-context attention."""
+    cmd = [sys.executable, "-m", "jobs.bench", "--minutes", str(minutes), "--context", str(args.long_context),
+           "--precision", args.precision] + (["--model", args.model] if args.model else ["--preset", args.preset])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     if proc.returncode != 0:
         return {"minutes": minutes, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
     return {"minutes": minutes, "context": args.long_context, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def long_audio_run(args) -> dict:
+    """In this process: load the model, reset the peak-RSS mark (so loading's own peak does not count),
+    encode + decode `args.minutes` of audio in one piece, and report the peak over the loaded model."""
+    import torch
+
+    from model.decoding import greedy_tdt
+
+    m, _ = _load(args)
+    torch.set_grad_enabled(False)
+    m.set_attention_context((args.context, args.context))
+    x = torch.from_numpy(synthetic_audio(args.minutes * 60, 0))[None]
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    model_mb = _status_mb("VmRSS")
+    t0 = time.perf_counter()
+    enc, el = m.encode(x, torch.tensor([x.shape[1]]))
+    c = m.config
+    h = greedy_tdt(enc, el, m.predictor, m.joint, c.blank_id, c.durations, c.max_symbols_per_step)[0]
+    wall = time.perf_counter() - t0
+    return {"peak_rss_mb": _status_mb("VmHWM"), "model_rss_mb": model_mb, "wall_s": wall, "tokens": len(h.token_ids)}
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -210,3 +226,13 @@ def run_command(args: argparse.Namespace) -> int:
         json.dump(result, f, indent=2)
     print(f"wrote {path}")
     return 0
+
+
+if __name__ == "__main__":  # the child process of measure_long
+    child = argparse.ArgumentParser()
+    child.add_argument("--model", default=None)
+    child.add_argument("--preset", default=None)
+    child.add_argument("--precision", default="fp32")
+    child.add_argument("--minutes", type=float, required=True)
+    child.add_argument("--context", type=int, default=128)
+    print(json.dumps(long_audio_run(child.parse_args())))

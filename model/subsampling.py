@@ -9,6 +9,8 @@ from torch import nn
 from .config import EncoderConfig
 
 KERNEL, STRIDE, PAD = 3, 2, 1  # every conv in the stack
+BLOCK_FRAMES = 4000  # feature frames (40 s) per block for long inputs; a multiple of 8
+BLOCK_CONTEXT = 16  # real frames each side of a block (the receptive field is +-7; a multiple of 8)
 
 
 def conv_output_lengths(lengths: torch.Tensor, n_convs: int) -> torch.Tensor:
@@ -41,8 +43,30 @@ class Subsampling(nn.Module):
         self.linear = nn.Linear(c * freq, cfg.d_model)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        total = features.shape[-1]
+        out_lengths = conv_output_lengths(lengths, self.n_stages)
+        if total <= BLOCK_FRAMES + 2 * BLOCK_CONTEXT:
+            return self._block(features, lengths, 0), out_lengths
+        # Long input: blocks of BLOCK_FRAMES feature frames with BLOCK_CONTEXT frames of real context on
+        # each side. An output frame j sees input frames 8j - 7 .. 8j + 7, so the outputs a block keeps
+        # never see its edges: the result equals the whole-input computation, while the (B, C, F/2, n_mels/2)
+        # first-conv maps (5.9 GB for an hour in bf16) exist one block at a time.
+        step = 2 ** self.n_stages
+        out_total = int(conv_output_lengths(torch.tensor([total]), self.n_stages)[0])
+        pieces = []
+        for a in range(0, total, BLOCK_FRAMES):
+            start = max(0, a - BLOCK_CONTEXT)
+            y = self._block(features[..., start : min(total, a + BLOCK_FRAMES + BLOCK_CONTEXT)], lengths, start)
+            first = a // step - start // step  # local index of global output a / step
+            count = min(BLOCK_FRAMES // step, out_total - a // step)
+            pieces.append(y[:, first : first + count])
+        return torch.cat(pieces, dim=1), out_lengths
+
+    def _block(self, features: torch.Tensor, lengths: torch.Tensor, offset: int) -> torch.Tensor:
+        """Feature frames [offset, offset + F) of the batch -> (B, T', d_model); offset is a multiple of 8.
+        Masks use global frame indices, so a block masks exactly what the whole input would."""
         x = features.transpose(1, 2).unsqueeze(1)  # (B, 1, F, n_mels)
-        cur = lengths
+        cur, off = lengths, offset
         inplace = not torch.is_grad_enabled()  # inference: mask and ReLU in place (these maps are large)
         for layer in self.layers:
             if inplace and isinstance(layer, nn.ReLU):
@@ -51,9 +75,9 @@ class Subsampling(nn.Module):
             x = layer(x)
             if isinstance(layer, nn.Conv2d):  # mask after every conv: a pointwise bias must not leak
                 if layer.stride != (1, 1):
-                    cur = conv_output_lengths(cur, 1)
-                keep = (torch.arange(x.shape[2], device=x.device)[None, :] < cur[:, None])[:, None, :, None].to(x.dtype)
+                    cur, off = conv_output_lengths(cur, 1), off // STRIDE
+                frames = torch.arange(off, off + x.shape[2], device=x.device)
+                keep = (frames[None, :] < cur[:, None])[:, None, :, None].to(x.dtype)
                 x = x.mul_(keep) if inplace else x * keep
         b, c, t, f = x.shape
-        x = self.linear(x.transpose(1, 2).reshape(b, t, c * f))  # (B, T, C * F') -> (B, T, d_model)
-        return x, cur
+        return self.linear(x.transpose(1, 2).reshape(b, t, c * f))  # (B, T, C * F') -> (B, T, d_model)

@@ -4,9 +4,10 @@ transformers' `ParakeetForTDT.generate()`. Run in a venv that has NeMo 3.0 and t
     /opt/nemo/bin/python tests/perf/compare_references.py --nemo tests/data/nemo/tiny_tdt.nemo
     /opt/nemo/bin/python tests/perf/compare_references.py --shape parakeet-tdt-0.6b-v3 --batch-sizes 1,16
 
-With --shape, a NeMo model of that architecture is built with random weights (same compute as a
-trained one) and saved as .nemo; all three load that one checkpoint (ours reads the .nemo, transformers
-reads the folder ours saves from it). Prints end-to-end RTFx per batch size and the decoding-only time
+With --shape, a NeMo model of that architecture is built with random weights (seeded; same compute as
+a trained one) and saved as .nemo; its blank bias is calibrated as `parakeet-ray bench` does (about 0.4
+tokens per frame, like trained Parakeet) and given to all three (ours reads the .nemo, NeMo gets the
+bias, transformers reads the folder ours saves). Prints end-to-end RTFx per batch size and the decoding-only time
 given the same encoder output, with ratios, and writes JSON.
 
 --precisions fp32,bf16 adds a bf16 row per batch size: ours with bf16 weights (features stay fp32), NeMo's
@@ -64,6 +65,7 @@ def build_nemo(shape: str, folder: str) -> str:
     conf["decoder"]["prednet"]["pred_hidden"] = cfg.predictor.pred_hidden
     conf["joint"]["jointnet"]["joint_hidden"] = cfg.joint.joint_hidden
     conf["model_defaults"].update(enc_hidden=e.d_model, pred_hidden=cfg.predictor.pred_hidden, joint_hidden=cfg.joint.joint_hidden)
+    torch.manual_seed(0)  # the same random model every run
     m = nemo_asr.models.EncDecRNNTBPEModel(cfg=OmegaConf.create(conf))
     with open_dict(m.cfg):
         m.cfg.validation_ds = {"use_start_end_token": False}
@@ -98,6 +100,17 @@ def main() -> None:
     with open_dict(nm.cfg):
         nm.cfg.validation_ds = nm.cfg.get("validation_ds") or {"use_start_end_token": False}
     ours32 = model.load(nemo_path)
+    if args.shape:  # random joints emit a token at almost every step (or never): calibrate the blank bias
+        from jobs.bench import _realistic_emissions  # to ~0.4 tokens per frame, then give NeMo the same bias
+
+        _realistic_emissions(ours32)
+        # A constant shift of the duration logits changes no decision of ours or NeMo's, and keeps them below
+        # the token logits, where transformers' generate() (one argmax over both) would pick one and crash.
+        with torch.no_grad():
+            ours32.joint.head.bias[ours32.config.blank_id + 1 :] -= 30.0
+        head = [mod for mod in nm.joint.joint_net if isinstance(mod, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            head.bias.copy_(ours32.joint.head.bias)
     model.save(ours32, f"{tmp}/hf")
     hf32 = transformers.ParakeetForTDT.from_pretrained(f"{tmp}/hf").eval()
     fe = transformers.ParakeetFeatureExtractor.from_pretrained(f"{tmp}/hf")
@@ -107,7 +120,7 @@ def main() -> None:
     print(f"{nemo_path}: {params:.1f} M parameters, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load {os.getloadavg()[0]:.2f}, malloc: {current()} (all three share this process)")
     rows = []
-    print(f"{'batch':>5} {'prec':>5} {'ours RTFx':>10} {'NeMo RTFx':>10} {'HF RTFx':>9} {'vs NeMo':>8} {'vs HF':>7} {'dec ours s':>11} {'dec NeMo s':>11} {'dec ratio':>9}")
+    print(f"{'batch':>5} {'prec':>5} {'ours RTFx':>10} {'NeMo RTFx':>10} {'HF RTFx':>9} {'vs NeMo':>8} {'vs HF':>7} {'dec ours s':>11} {'dec NeMo s':>11} {'dec ratio':>9} {'tok/frame':>9}")
     import contextlib
     import copy
 
@@ -143,6 +156,7 @@ def main() -> None:
             enc, enc_len = ours.encode(wave, lengths)
         c = ours.config
         d_ours = best_of(lambda: greedy_tdt(enc, enc_len, ours.predictor, ours.joint, c.blank_id, c.durations, c.max_symbols_per_step), args.repeats)
+        tokens = sum(len(h.token_ids) for h in greedy_tdt(enc, enc_len, ours.predictor, ours.joint, c.blank_id, c.durations, c.max_symbols_per_step))
         enc32 = enc.float()
 
         def decode_nemo():
@@ -150,12 +164,12 @@ def main() -> None:
                 nm.decoding.rnnt_decoder_predictions_tensor(encoder_output=enc32.transpose(1, 2), encoded_lengths=enc_len)
 
         d_nemo = best_of(decode_nemo, args.repeats)
-        row = {"batch": b, "precision": prec, "audio_s": audio_s, "ours_s": t_ours, "nemo_s": t_nemo, "hf_s": t_hf,
+        row = {"batch": b, "precision": prec, "tokens_per_frame": tokens / float(enc_len.sum()), "audio_s": audio_s, "ours_s": t_ours, "nemo_s": t_nemo, "hf_s": t_hf,
                "ours_rtfx": audio_s / t_ours, "nemo_rtfx": audio_s / t_nemo, "hf_rtfx": audio_s / t_hf,
                "decode_ours_s": d_ours, "decode_nemo_s": d_nemo}
         rows.append(row)
         print(f"{b:>5} {prec:>5} {row['ours_rtfx']:>10.1f} {row['nemo_rtfx']:>10.1f} {row['hf_rtfx']:>9.1f} {t_nemo / t_ours:>7.2f}x {t_hf / t_ours:>6.2f}x "
-              f"{d_ours:>11.3f} {d_nemo:>11.3f} {d_nemo / d_ours:>8.2f}x")
+              f"{d_ours:>11.3f} {d_nemo:>11.3f} {d_nemo / d_ours:>8.2f}x {row['tokens_per_frame']:>8.2f}")
     with open(args.json, "w") as f:
         json.dump({"checkpoint": nemo_path, "params_m": params, "rows": rows}, f, indent=2)
     print(f"wrote {args.json}")
