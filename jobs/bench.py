@@ -7,10 +7,11 @@ Side-by-side numbers against NeMo and transformers live in tests/perf/compare_re
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -151,7 +152,10 @@ def measure_long(args, minutes: float) -> dict:
     """Peak memory of a fresh process transcribing `minutes` of audio with limited-context attention."""
     cmd = [sys.executable, "-m", "jobs.bench", "--minutes", str(minutes), "--context", str(args.long_context),
            "--precision", args.precision] + (["--model", args.model] if args.model else ["--preset", args.preset])
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    # glibc in the child: it hands freed memory back (malloc_trim), so the peak is the run's own; tcmalloc
+    # would keep the pages freed while loading and reuse them, hiding the working set
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONPATH": os.pathsep.join(sys.path)})
     if proc.returncode != 0:
         return {"minutes": minutes, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
     return {"minutes": minutes, "context": args.long_context, **json.loads(proc.stdout.strip().splitlines()[-1])}
@@ -176,6 +180,11 @@ def long_audio_run(args) -> dict:
     torch.set_grad_enabled(False)
     m.set_attention_context((args.context, args.context))
     x = torch.from_numpy(synthetic_audio(args.minutes * 60, 0))[None]
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # return what loading freed (fp32 weights before a bf16 cast)
+    except (OSError, AttributeError):
+        pass
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     model_mb = _status_mb("VmRSS")
