@@ -117,3 +117,34 @@ def test_ff_expansion_factor_is_kept_for_hf_configs():
     from model.config_convert import config_from_hf
 
     assert config_from_hf(hf).encoder.ff_expansion_factor == cfg.encoder.ff_expansion_factor
+
+
+def _cached_hub_repo(cache, repo_id, revision="0123456789abcdef0123456789abcdef01234567"):
+    """The layout huggingface_hub's cache keeps for a downloaded repo (refs/main -> snapshots/<rev>/)."""
+    folder = cache / f"models--{repo_id.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(revision)
+    snapshot = folder / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    return snapshot
+
+
+def test_hub_ids_resolve_through_the_hub_cache(tiny, tmp_path, monkeypatch):
+    """`model.load("org/name")` goes through huggingface_hub.snapshot_download: offline here, from a cache
+    holding a transformers-layout repo and a NeMo repo (one .nemo file, as nvidia/parakeet-tdt-* are)."""
+    import shutil
+    from pathlib import Path
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    model.save(tiny, _cached_hub_repo(cache, "acme/tiny-tdt-hf"))
+    nemo = Path(__file__).resolve().parents[1] / "data" / "nemo" / "tiny_tdt.nemo"
+    shutil.copy(nemo, _cached_hub_repo(cache, "acme/tiny-tdt-nemo") / "tiny_tdt.nemo")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)  # "acme/..." must not exist as a local path
+    _same_outputs(tiny, model.load("acme/tiny-tdt-hf"))
+    _same_outputs(model.load(nemo), model.load("acme/tiny-tdt-nemo"))
+    with pytest.raises(model.CheckpointError, match="acme/not-cached: not a local path, and the hub download failed"):
+        model.load("acme/not-cached")
