@@ -17,7 +17,8 @@ from typing import Iterator, Sequence
 import torch
 
 from .lattice import lattice
-from .loss import NEG_INF, RNNT_DURATIONS, _check, _compute_dtype, _reduce, arc_weights, duration_grad, state_gradients
+from .loss import (NEG_INF, RNNT_DURATIONS, _check, _compute_dtype, _reduce, arc_weights, check_tdt_options, draw_rnnt,
+                   duration_grad, slab_log_probs, softmax_to_grad_, state_gradients)
 
 JOINT_SLAB_BYTES = 32 << 20  # fp32 logits per slab: large enough for efficient matmuls
 
@@ -53,9 +54,10 @@ def tdt_joint_loss(
     if n_cls < 2 or not 0 <= blank_id < n_cls:
         raise ValueError(f"head of {head_weight.shape[0]} outputs cannot hold blank {blank_id} and {len(durations)} durations")
     _check(torch.empty(b, t, u1, 0, device="meta"), targets, logit_lengths, target_lengths, reduction)
-    if not 0.0 <= omega <= 1.0 or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"omega={omega} must be in [0, 1] and dropout={dropout} in [0, 1)")
-    rnnt = omega > 0.0 and float(torch.rand((), generator=generator)) < omega
+    check_tdt_options(durations, omega)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout={dropout} must be in [0, 1)")
+    rnnt = draw_rnnt(omega, generator)
     seed = int(torch.randint(0, 2**62, (), generator=generator)) if dropout > 0 else 0
     losses = _JointLoss.apply(enc_proj, pred_proj, head_weight, head_bias, targets[:, : u1 - 1], logit_lengths,
                               target_lengths, int(blank_id), tuple(int(d) for d in durations), float(sigma),
@@ -99,9 +101,7 @@ class _JointLoss(torch.autograd.Function):
                 z = torch.nn.functional.linear(h, weight, bias).to(cdt)  # (nt, U+1, V+1+D)
                 dur_logits[i, ts] = z[..., n_cls:]
                 lp = torch.log_softmax(z[..., :n_cls], dim=-1)
-                blank_lp[i, ts] = lp[..., blank_id]
-                if u1 > 1:
-                    label_lp[i, ts, :-1] = lp[:, :-1].gather(-1, idx[i, None, :, None].expand(lp.shape[0], u1 - 1, 1))[..., 0]
+                blank_lp[i, ts], label_lp[i, ts, :-1] = slab_log_probs(lp, idx[i], blank_id)
                 del h, z, lp
             dur_lp = None if rnnt else torch.log_softmax(dur_logits.double(), dim=-1)
             wb, wl = arc_weights(blank_lp, label_lp, dur_lp, sigma)
@@ -138,11 +138,8 @@ class _JointLoss(torch.autograd.Function):
                 with torch.autocast(dev.type, dtype=ctx.autocast[1], enabled=ctx.autocast[0]):
                     z = torch.nn.functional.linear(h, weight, bias)
                 dz = z = z.to(cdt)  # the logit gradient overwrites the logits, slab by slab
-                dz[..., :n_cls] = torch.softmax(z[..., :n_cls], dim=-1) * state[i, ts, :, None]
-                dz[..., blank_id] -= g_blank[i, ts]
-                if u1 > 1:
-                    dz[:, :-1, :n_cls].scatter_add_(-1, idx[i, None, :, None].expand(dz.shape[0], u1 - 1, 1),
-                                                    -g_label[i, ts, :-1, None])
+                dz[..., :n_cls] = torch.softmax(z[..., :n_cls], dim=-1)
+                softmax_to_grad_(dz[..., :n_cls], state[i, ts], g_blank[i, ts], g_label[i, ts], idx[i], blank_id)
                 dz[..., n_cls:] = 0.0 if grad_dur_logits is None else grad_dur_logits[i, ts]
                 rows = dz.reshape(-1, dz.shape[-1])
                 h2 = h.reshape(-1, h.shape[-1]).to(cdt)

@@ -58,11 +58,8 @@ def tdt_loss(
     b, t, u1, _ = token_logits.shape
     if duration_logits.shape[:3] != (b, t, u1) or duration_logits.shape[-1] != len(durations):
         raise ValueError(f"duration_logits {tuple(duration_logits.shape)} do not match token_logits {tuple(token_logits.shape)} and {len(durations)} durations")
-    if len(set(durations)) != len(durations) or min(durations) < 0 or max(durations) < 1:
-        raise ValueError(f"durations {list(durations)} must be distinct, >= 0, and include one > 0")
-    if not 0.0 <= omega <= 1.0:
-        raise ValueError(f"omega={omega} must be a probability in [0, 1]")
-    if omega > 0.0 and float(torch.rand((), generator=generator)) < omega:
+    check_tdt_options(durations, omega)
+    if draw_rnnt(omega, generator):
         losses = _TransducerLoss.apply(token_logits, None, targets[:, : u1 - 1], logit_lengths, target_lengths,
                                        int(blank_id), RNNT_DURATIONS, 0.0)
         losses = losses + 0.0 * duration_logits.sum()  # durations stay in the graph, with a zero gradient
@@ -86,6 +83,18 @@ def rnnt_loss(
     losses = _TransducerLoss.apply(token_logits, None, targets[:, : u1 - 1], logit_lengths, target_lengths,
                                    int(blank_id), RNNT_DURATIONS, 0.0)
     return _reduce(losses, target_lengths, reduction)
+
+
+def check_tdt_options(durations: Sequence[int], omega: float) -> None:
+    if len(set(durations)) != len(durations) or min(durations) < 0 or max(durations) < 1:
+        raise ValueError(f"durations {list(durations)} must be distinct, >= 0, and include one > 0")
+    if not 0.0 <= omega <= 1.0:
+        raise ValueError(f"omega={omega} must be a probability in [0, 1]")
+
+
+def draw_rnnt(omega: float, generator: torch.Generator | None) -> bool:
+    """NeMo's omega: whether this call uses the standard RNN-T loss (one draw per call)."""
+    return omega > 0.0 and float(torch.rand((), generator=generator)) < omega
 
 
 def _check(token_logits, targets, logit_lengths, target_lengths, reduction):
@@ -145,10 +154,26 @@ def log_probs(token_logits: torch.Tensor, targets: torch.Tensor, blank_id: int) 
             buf = torch.empty(x.shape, dtype=cdt, device=x.device)
         out = buf[:n]
         torch._log_softmax(x, -1, False, out=out)  # fused one-pass kernel, no full-size temporary
-        blank_lp[i, ts] = out[..., blank_id]
-        if u1 > 1:
-            label_lp[i, ts, :-1] = out[:, :-1].gather(-1, idx[i, None, :, None].expand(n, u1 - 1, 1))[..., 0]
+        blank_lp[i, ts], label_lp[i, ts, :-1] = slab_log_probs(out, idx[i], blank_id)
     return blank_lp, label_lp
+
+
+def slab_log_probs(lp: torch.Tensor, idx: torch.Tensor, blank_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of a slab (n, U+1, V) and its row's targets (U,) -> blank (n, U+1) and, for u < U,
+    the next target label (n, U)."""
+    n, u1 = lp.shape[:2]
+    return lp[..., blank_id], lp[:, :-1].gather(-1, idx[None, :, None].expand(n, u1 - 1, 1))[..., 0]
+
+
+def softmax_to_grad_(p: torch.Tensor, state: torch.Tensor, g_blank: torch.Tensor, g_label: torch.Tensor,
+                     idx: torch.Tensor, blank_id: int) -> torch.Tensor:
+    """In place, for a slab: softmax p (n, U+1, V) -> d(-log p)/dz = p * (occupancy of the state) - g_blank
+    at the blank - g_label at the state's next target (idx (U,)); state, g_blank, g_label (n, U+1)."""
+    n, u1 = p.shape[:2]
+    p.mul_(state[..., None])
+    p[..., blank_id] -= g_blank
+    p[:, :-1].scatter_add_(-1, idx[None, :, None].expand(n, u1 - 1, 1), -g_label[:, :-1, None])
+    return p
 
 
 def arc_weights(blank_lp, label_lp, dur_lp, sigma):
@@ -207,17 +232,14 @@ class _TransducerLoss(torch.autograd.Function):
 
 
 def _token_grad(token_logits, targets, blank_id, g_blank, g_label):
-    """softmax(z) * (g_blank + g_label) - g_blank at blank - g_label at the target label."""
+    """softmax(z) * (g_blank + g_label) - g_blank at blank - g_label at the target label, slab by slab."""
     b, t, u1, v = token_logits.shape
     cdt = _compute_dtype(token_logits)
     grad = torch.empty((b, t, u1, v), dtype=cdt, device=token_logits.device)
-    state = (g_blank + g_label).to(cdt)
+    state, g_blank, g_label = (g_blank + g_label).to(cdt), g_blank.to(cdt), g_label.to(cdt)
+    idx = targets.to(grad.device).long().clamp(0, v - 1)
     for i, ts in _slabs(b, t, u1, v):
         out = grad[i, ts]
         torch._softmax(token_logits[i, ts].to(cdt), -1, False, out=out)
-        out.mul_(state[i, ts, :, None])
-    grad[..., blank_id] -= g_blank.to(cdt)
-    if u1 > 1:
-        idx = targets.to(grad.device).long().clamp(0, v - 1)[:, None, :, None].expand(b, t, u1 - 1, 1)
-        grad[:, :, :-1].scatter_add_(-1, idx, -g_label[:, :, :-1, None].to(cdt))
+        softmax_to_grad_(out, state[i, ts], g_blank[i, ts], g_label[i, ts], idx[i], blank_id)
     return grad.to(token_logits.dtype)
