@@ -41,7 +41,7 @@ def _load(args):
 
     import model
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[getattr(args, "precision", "fp32")]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
     if args.model:
         return model.load(args.model, dtype=dtype), args.model
     from model.config import preset

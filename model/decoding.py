@@ -73,10 +73,10 @@ def greedy_tdt(
     enc_proj = joint.project_encoder(encoder_out)  # (B, T, J), projected once
     rows = torch.arange(b, device=device)
 
-    def evaluate(time: torch.Tensor, g_proj: torch.Tensor, which: torch.Tensor = rows) -> tuple[torch.Tensor, torch.Tensor]:
-        """(label, duration) of rows `which` (R,) at their current frames."""
-        f = enc_proj[which, time[which].clamp(max=t_max - 1)]  # (R, J) each row's current frame
-        logits = joint.combine(f, g_proj[which]).float()  # (R, V + 1 + n_durations)
+    def evaluate(time: torch.Tensor, g_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(label, duration) of every row at its current frame (the fixed-shape path)."""
+        f = enc_proj[rows, time.clamp(max=t_max - 1)]  # (B, J) each row's current frame
+        logits = joint.combine(f, g_proj).float()  # (B, V + 1 + n_durations)
         return logits[:, : blank_id + 1].argmax(-1), dur_values[logits[:, blank_id + 1 :].argmax(-1)]
 
     sos = torch.full((b, 1), blank_id, dtype=torch.long, device=device)  # blank = start of sequence
@@ -124,7 +124,7 @@ MAX_WINDOW = 8  # frames evaluated ahead per row
 
 
 def _find_labels_windowed(enc_proj, g_proj, joint, time, symbols, lengths, active, blank_id, dur_values, max_symbols,
-                          frames_per_search: float = MAX_WINDOW):
+                          frames_per_search: float):
     """The label search of one outer step, evaluating each searching row's joint on a window of frames.
 
     While a row holds a blank its prediction-network output g is fixed, so its joint outputs at the

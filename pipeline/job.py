@@ -19,7 +19,7 @@ from .longform import DEFAULT_CHUNK_SECONDS
 from .progress import Progress
 from .sink import DEFAULT_ROWS_PER_FILE, SUMMARY_FILE, check_writable, commit_batch, done_uris, sweep_tmp
 from .sources import DEFAULT_EXTENSIONS, filesystem, list_inputs
-from .transcriber import CRASH_ONCE_ENV, Transcriber
+from .transcriber import CRASH_ONCE_ENV, PRECISIONS, Transcriber
 
 DECODE_CPUS = 1.0  # per decode task
 DECODE_MEMORY_BYTES = 512 * 1024**2  # per decode task: the worker (torch imported) plus a few files of audio
@@ -51,8 +51,8 @@ class TranscribeConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision != "auto" and self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be auto or one of {sorted(PRECISIONS)}, got {self.precision!r}")
         for name in ("batch_seconds", "chunk_seconds", "cpus_per_actor"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
