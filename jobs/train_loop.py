@@ -81,7 +81,9 @@ class TrainForward(torch.nn.Module):
     def __init__(self, m: model.ParakeetTDT, cfg: TrainConfig):
         super().__init__()
         self.m = m
-        self.sigma, self.omega, self.fused = cfg.sigma, cfg.omega, cfg.fused_loss
+        # the fused joint loss hard-codes the ReLU joint (every Parakeet model); others materialise the logits
+        self.sigma, self.omega = cfg.sigma, cfg.omega
+        self.fused = cfg.fused_loss and m.config.joint.activation == "relu"
 
     def forward(self, feats, flen, targets, target_lengths):
         m, joint = self.m, self.m.joint

@@ -62,7 +62,10 @@ _NEMO_TO_OURS = [
     (r"^joint\.enc\.", "joint.enc_proj."),
     (r"^joint\.joint_net\.\d+\.", "joint.head."),  # [ReLU, (Dropout,) Linear]: index 1 or 2
 ]
-_NEMO_SKIP = (r"^preprocessor\.", r"^encoder\.pos_enc\.", r"^loss\.", r"^wer\.", r"^spec_augment")
+# Not loaded: buffers we recompute (window, filterbank, positional tables), training-only modules, and
+# a hybrid TDT-CTC model's CTC head (`ctc_decoder.*`: transcription decodes with the TDT head).
+_NEMO_SKIP = (r"^preprocessor\.", r"^encoder\.pos_enc\.", r"^loss\.", r"^wer\.", r"^ctc_wer\.", r"^ctc_loss\.",
+              r"^spec_augment", r"^ctc_decoder\.")
 
 
 def _rename(state: dict[str, torch.Tensor], rules: list[tuple[str, str]]) -> dict[str, torch.Tensor]:

@@ -16,41 +16,87 @@ class ConfigError(ValueError):
     """A model configuration is invalid or unsupported; the message names the offending key."""
 
 
+WINDOWS = ("hann", "hamming", "blackman", "bartlett")  # symmetric (periodic=False), as NeMo builds them
+NORMALIZE = ("per_feature", "all_features", "none")
+LOG_GUARD_NAMES = ("tiny", "eps")  # torch.finfo(float32) values, as NeMo's log_zero_guard_value strings
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
-    """NeMo's AudioToMelSpectrogramPreprocessor settings used by every Parakeet model."""
+    """NeMo's AudioToMelSpectrogramPreprocessor (FilterbankFeatures) settings that change inference output.
+
+    Defaults are Parakeet's (which differ from NeMo's class defaults: see config_convert for those).
+    """
 
     sample_rate: int = 16_000  # Hz
-    n_fft: int = 512  # FFT size in samples (32 ms)
-    win_length: int = 400  # 25 ms symmetric Hann window
+    n_fft: int = 512  # FFT size in samples (32 ms); NeMo derives 2 ** ceil(log2(win_length)) when unset
+    win_length: int = 400  # 25 ms window (NeMo window_size * sample_rate, truncated)
     hop_length: int = 160  # 10 ms frame step
-    n_mels: int = 128  # slaney-scale, slaney-normalised mel bins
-    preemphasis: float = 0.97  # y[n] = x[n] - 0.97 x[n-1]; 0 disables
-    log_zero_guard: float = 2.0**-24  # added before log
-    normalize: str = "per_feature"  # per mel bin over valid frames, n-1 std; or "none"
+    n_mels: int = 128  # slaney-scale mel bins (NeMo `features`)
+    window: str = "hann"  # one of WINDOWS
+    preemphasis: float = 0.97  # y[n] = x[n] - 0.97 x[n-1]; 0 disables (NeMo preemph: null)
+    lowfreq: float = 0.0  # Hz, lowest mel filter edge
+    highfreq: float | None = None  # Hz, highest mel filter edge; None = sample_rate / 2
+    mel_norm: str | None = "slaney"  # librosa's filter normalisation: "slaney" (area) or None
+    mag_power: float = 2.0  # |X| ** mag_power before the filterbank (2 = power spectrum)
+    log: bool = True  # log of the mel energies
+    log_zero_guard_type: str = "add"  # "add": log(x + guard); "clamp": log(max(x, guard))
+    log_zero_guard: float | str = 2.0**-24  # or "tiny" / "eps" (float32 finfo)
+    frame_splicing: int = 1  # NeMo stacks this many copies of each frame along the feature axis
+    normalize: str = "per_feature"  # per mel bin over valid frames (n-1 std); "all_features"; or "none"
+    exact_pad: bool = False  # STFT without centring, padded by (n_fft - hop) / 2 each side
+    pad_to: int = 0  # pad the frame axis of a batch to a multiple of this (NeMo default 16); 0 = off
+    pad_value: float = 0.0  # value of frames past each row's length
     dither: float = 1e-5  # gaussian noise std added in training only
 
     def __post_init__(self):
-        if self.normalize not in ("per_feature", "none"):
-            raise ConfigError(f"features.normalize={self.normalize!r}: only 'per_feature' or 'none' are supported")
+        if self.normalize not in NORMALIZE:
+            raise ConfigError(f"features.normalize={self.normalize!r}: expected one of {NORMALIZE}")
+        if self.window not in WINDOWS:
+            raise ConfigError(f"features.window={self.window!r}: expected one of {WINDOWS}")
         if self.win_length > self.n_fft:
             raise ConfigError(f"features.win_length={self.win_length} exceeds n_fft={self.n_fft}")
-        for name in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels"):
+        for name in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "frame_splicing"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"features.{name} must be positive")
+        if self.log_zero_guard_type not in ("add", "clamp"):
+            raise ConfigError(f"features.log_zero_guard_type={self.log_zero_guard_type!r}: expected 'add' or 'clamp'")
+        if isinstance(self.log_zero_guard, str) and self.log_zero_guard not in LOG_GUARD_NAMES:
+            raise ConfigError(f"features.log_zero_guard={self.log_zero_guard!r}: a number or one of {LOG_GUARD_NAMES}")
+        if self.mel_norm not in ("slaney", None):
+            raise ConfigError(f"features.mel_norm={self.mel_norm!r}: expected 'slaney' or None")
+        if self.exact_pad and self.hop_length % 2:
+            raise ConfigError(f"features.exact_pad needs an even hop_length, got {self.hop_length}")
+        if self.pad_to < 0:
+            raise ConfigError(f"features.pad_to={self.pad_to} must be >= 0")
+        high = self.sample_rate / 2 if self.highfreq is None else self.highfreq
+        if not 0 <= self.lowfreq < high <= self.sample_rate / 2:
+            raise ConfigError(f"features.lowfreq={self.lowfreq} / highfreq={self.highfreq} must satisfy "
+                              f"0 <= lowfreq < highfreq <= sample_rate / 2")
+
+    @property
+    def feature_dim(self) -> int:
+        """Channels the encoder receives: n_mels * frame_splicing."""
+        return self.n_mels * self.frame_splicing
+
+
+SUBSAMPLING = ("dw_striding", "striding")
+CONV_NORMS = ("batch_norm", "layer_norm")
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """FastConformer encoder (NeMo ConformerEncoder with dw_striding subsampling)."""
+    """FastConformer encoder (NeMo ConformerEncoder with dw_striding or striding subsampling)."""
 
     n_layers: int = 24
     d_model: int = 1024
     n_heads: int = 8
     ff_expansion_factor: int = 4  # feed-forward width = d_model * ff_expansion_factor
     conv_kernel_size: int = 9  # depthwise conv in the convolution module
-    subsampling_factor: int = 8  # time reduction of the dw_striding front end (power of 2)
+    subsampling: str = "dw_striding"  # one of SUBSAMPLING: depthwise-separable or full stride-2 convs
+    subsampling_factor: int = 8  # time reduction of the front end (power of 2)
     subsampling_conv_channels: int = 256
+    conv_norm: str = "batch_norm"  # norm after the convolution module's depthwise conv: one of CONV_NORMS
     xscaling: bool = True  # scale subsampled features by sqrt(d_model)
     attention_bias: bool = True  # bias in attention and feed-forward linears (NeMo use_bias)
     convolution_bias: bool = True  # bias in convolution-module convs (NeMo use_bias)
@@ -71,6 +117,10 @@ class EncoderConfig:
             raise ConfigError(f"encoder.conv_kernel_size={self.conv_kernel_size} must be odd")
         if len(self.att_context_size) != 2:
             raise ConfigError(f"encoder.att_context_size={self.att_context_size} must be [left, right]")
+        if self.subsampling not in SUBSAMPLING:
+            raise ConfigError(f"encoder.subsampling={self.subsampling!r}: expected one of {SUBSAMPLING}")
+        if self.conv_norm not in CONV_NORMS:
+            raise ConfigError(f"encoder.conv_norm={self.conv_norm!r}: expected one of {CONV_NORMS}")
 
     @property
     def local_attention(self) -> bool:
@@ -86,17 +136,21 @@ class PredictorConfig:
     dropout: float = 0.2
 
 
+JOINT_ACTIVATIONS = ("relu", "sigmoid", "tanh")
+DECODING_STRATEGIES = ("greedy_batch", "greedy")
+
+
 @dataclass(frozen=True)
 class JointConfig:
-    """Joint network: relu(enc_proj(f) + pred_proj(g)) -> token + duration logits."""
+    """Joint network: act(enc_proj(f) + pred_proj(g)) -> token + duration logits."""
 
     joint_hidden: int = 640
-    activation: str = "relu"
+    activation: str = "relu"  # one of JOINT_ACTIVATIONS (NeMo's RNNTJoint choices)
     dropout: float = 0.2
 
     def __post_init__(self):
-        if self.activation != "relu":
-            raise ConfigError(f"joint.activation={self.activation!r}: only 'relu' is supported")
+        if self.activation not in JOINT_ACTIVATIONS:
+            raise ConfigError(f"joint.activation={self.activation!r}: expected one of {JOINT_ACTIVATIONS}")
 
 
 @dataclass(frozen=True)
@@ -104,6 +158,9 @@ class ModelConfig:
     vocab_size: int = 1024  # text tokens, blank excluded; blank id == vocab_size (the last logit)
     durations: tuple[int, ...] = (0, 1, 2, 3, 4)  # frames a TDT emission may advance
     max_symbols_per_step: int = 10  # greedy guard: at most this many labels per frame
+    # NeMo decoding.strategy, which decides the max-symbols rule (model/decoding.py): "greedy_batch"
+    # (label looping, what every Parakeet checkpoint ships) or "greedy" (GreedyTDTInfer's frame loop)
+    decoding: str = "greedy_batch"
     features: FeatureConfig = field(default_factory=FeatureConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
@@ -117,6 +174,8 @@ class ModelConfig:
             raise ConfigError(f"durations={self.durations} must be distinct non-negative ints")
         if self.max_symbols_per_step < 1:
             raise ConfigError(f"max_symbols_per_step={self.max_symbols_per_step} must be >= 1")
+        if self.decoding not in DECODING_STRATEGIES:
+            raise ConfigError(f"decoding={self.decoding!r}: expected one of {DECODING_STRATEGIES}")
 
     @property
     def blank_id(self) -> int:

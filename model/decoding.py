@@ -1,24 +1,29 @@
 """Batched greedy TDT decoding (Xu et al. 2023, "Efficient Sequence Transduction by Jointly
 Predicting Tokens and Durations", sec. 3.3), a pure function over the predictor and joint.
 
-Semantics are exactly NeMo 3.0's batch-size-1 `GreedyTDTInfer._greedy_decode`, per utterance:
-- at frame t, with prediction-network output g, take k = argmax token logits and
-  d = durations[argmax duration logits] from the same joint output;
-- a non-blank k is emitted at frame t with duration d, and g advances by feeding k;
-- t += d; a frame may take at most `max_symbols_per_step` joint evaluations (blanks included):
-  when that count is reached t advances one more frame (NeMo adds this +1 even when the last d
-  was > 0);
-- a blank with d = 0 would re-evaluate the same (frame, g) forever; NeMo spins until the symbol
-  guard fires and then steps one frame, so it is taken as one frame at once;
-- each row stops at its own encoder length.
+At frame t, with prediction-network output g, take k = argmax token logits and d = durations[argmax
+duration logits] from the same joint output; a non-blank k is emitted at frame t with duration d and g
+advances by feeding k; t += d; each row stops at its own encoder length (a label whose duration jumps
+past the end is still emitted). The two NeMo 3.0 decoders differ only in the guard that stops a frame
+from emitting forever (`rule`):
 
-The batch is decoded by label looping (NeMo's `GreedyBatchedTDTLabelLoopingComputer`, with the
-bs1 rules above rather than NeMo 3.0's batched CPU bookkeeping, which records wrong durations for
-rows that found their label early): each outer step finds the next label of every active row (an
+- "greedy_batch" (label looping, `GreedyBatchedTDTLabelLoopingComputer.torch_impl`, what NeMo's
+  transcribe() runs for every Parakeet checkpoint, `decoding.strategy: greedy_batch`, and what its CUDA
+  graphs compute): a blank with duration 0 advances one frame; blanks do not count toward the limit;
+  time is forced one frame on only when a label emitted with duration 0 is the `max_symbols`-th label
+  at its frame (`last_nb_timestamp_lasts >= max_symbols` and `last_nb_timestamp == time`).
+- "greedy" (`GreedyTDTInfer._greedy_decode`, strategy `greedy`): a frame may take at most
+  `max_symbols` joint evaluations, blanks included; when that count is reached t advances one more
+  frame, even when the last d was > 0. A blank with d = 0 re-evaluates the same (frame, g) until the
+  guard fires, so it is taken as one frame at once.
+
+The batch is decoded by label looping: each outer step finds the next label of every active row (an
 inner loop where rows holding a blank skip ahead by the blank's duration, all rows evaluated at
 once), then runs the prediction network once, for the whole batch, keeping the old state of rows
-that did not emit. State lives in fixed-shape device tensors (a CUDA graph could capture both
-loops); the host syncs once per inner and once per outer iteration, on a single boolean.
+that did not emit. Durations are each row's own (NeMo 3.0's batched CPU bookkeeping records wrong
+durations for rows that found their label early; its batch-size-1 output, the reference, does not).
+State lives in fixed-shape device tensors (a CUDA graph could capture both loops); the host syncs
+once per inner and once per outer iteration, on a single boolean.
 """
 from __future__ import annotations
 
@@ -49,8 +54,11 @@ def greedy_tdt(
     durations: Sequence[int],
     max_symbols_per_step: int = 10,
     compact: bool | None = None,
+    rule: str = "greedy_batch",
 ) -> list[Hypothesis]:
     """encoder_out (B, T, D), encoder_lengths (B,) frames -> one Hypothesis per row.
+
+    `rule`: "greedy_batch" (label looping, NeMo's default) or "greedy" (GreedyTDTInfer), see above.
 
     `compact`: search labels on the rows still searching only, each with a window of frames evaluated
     at once (fewer evaluations, data-dependent shapes, host syncs per step: the CPU path), or on every
@@ -62,6 +70,9 @@ def greedy_tdt(
     logits come first (blank = `blank_id`, the last), then one logit per entry of `durations`.
     """
     _check_args(encoder_out, encoder_lengths, blank_id, durations, max_symbols_per_step)
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r}: expected one of {RULES}")
+    looping = rule == "greedy_batch"
     b, t_max, _ = encoder_out.shape
     if compact is None:
         compact = encoder_out.device.type == "cpu"
@@ -92,7 +103,7 @@ def greedy_tdt(
             before = time.clone()
             label, dur, time, symbols = _find_labels_windowed(
                 enc_proj, g_proj, joint, time, symbols, lengths, active, blank_id, dur_values, max_symbols_per_step,
-                frames_per_search)
+                frames_per_search, looping)
             walked = (time - before)[active].float()
             if walked.numel():
                 frames_per_search = 0.7 * frames_per_search + 0.3 * float(walked.mean())
@@ -101,7 +112,7 @@ def greedy_tdt(
             # Inner loop: rows holding a blank skip ahead until they find a label or run out of frames.
             searching = active & (label == blank_id)
             while bool(searching.any()):
-                time, symbols = _advance(time, symbols, label, dur, searching, blank_id, max_symbols_per_step)
+                time, symbols = _advance(time, symbols, label, dur, searching, blank_id, max_symbols_per_step, looping)
                 searching &= time < lengths
                 new_label, new_dur = evaluate(time, g_proj)
                 label, dur = torch.where(searching, new_label, label), torch.where(searching, new_dur, dur)
@@ -110,7 +121,7 @@ def greedy_tdt(
         if not bool(emit.any()):
             break
         steps.append((emit, label, time.clone(), dur))
-        time, symbols = _advance(time, symbols, label, dur, emit, blank_id, max_symbols_per_step)
+        time, symbols = _advance(time, symbols, label, dur, emit, blank_id, max_symbols_per_step, looping)
         # One prediction-network step for the batch; rows that did not emit keep their state.
         g_new, state_new = predictor(torch.where(emit, label, blank_id)[:, None], state)
         keep = emit[None, :, None]
@@ -119,12 +130,13 @@ def greedy_tdt(
     return _collect(steps, b)
 
 
+RULES = ("greedy_batch", "greedy")
 WINDOW_ROWS = 64  # joint rows per window evaluation (rows x frames); measured best of 32 / 64 / 128 at batch 1-16
 MAX_WINDOW = 8  # frames evaluated ahead per row
 
 
 def _find_labels_windowed(enc_proj, g_proj, joint, time, symbols, lengths, active, blank_id, dur_values, max_symbols,
-                          frames_per_search: float):
+                          frames_per_search: float, looping: bool):
     """The label search of one outer step, evaluating each searching row's joint on a window of frames.
 
     While a row holds a blank its prediction-network output g is fixed, so its joint outputs at the
@@ -155,7 +167,7 @@ def _find_labels_windowed(enc_proj, g_proj, joint, time, symbols, lengths, activ
     label, dur = win_label[:, 0], win_dur[:, 0]
     searching = active & (label == blank_id)
     while bool(searching.any()):
-        time, symbols = _advance(time, symbols, label, dur, searching, blank_id, max_symbols)
+        time, symbols = _advance(time, symbols, label, dur, searching, blank_id, max_symbols, looping)
         searching &= time < lengths
         off = time - start
         hit = searching & (off < k)
@@ -171,16 +183,29 @@ def _find_labels_windowed(enc_proj, g_proj, joint, time, symbols, lengths, activ
     return label, dur, time, symbols
 
 
-def _advance(time, symbols, label, dur, mask, blank_id: int, max_symbols: int):
-    """One joint evaluation's effect on (frame, evaluations-at-frame) for rows in `mask`, as NeMo bs1."""
-    # A blank with duration 0 leaves (frame, g) unchanged, so NeMo re-evaluates it until the
-    # symbol guard fires and then steps one frame: without this it would loop forever.
-    stall = (label == blank_id) & (dur == 0)
+def _advance(time, symbols, label, dur, mask, blank_id: int, max_symbols: int, looping: bool):
+    """One joint evaluation's effect on (frame, count at the frame) for rows in `mask`.
+
+    looping (greedy_batch): the count is of labels emitted at the current frame. A blank moves at least
+    one frame (NeMo: "for blank labels force duration >= 1"); a label with d > 0 moves d; a label with
+    d = 0 stays unless it is the max_symbols-th at its frame, which forces one frame ("force blank").
+    not looping (greedy): the count is of joint evaluations at the frame, blanks included; the
+    max_symbols-th forces one frame on top of d (GreedyTDTInfer's `symbols_added == max_symbols`).
+    """
+    blank = label == blank_id
     count = symbols + 1
-    guard = ~stall & (count >= max_symbols)  # max symbols at this frame: force one more frame
-    step = torch.where(stall, torch.ones_like(dur), dur) + guard.long()
+    if looping:
+        step = torch.where(blank, dur.clamp(min=1), dur)
+        guard = ~blank & (dur == 0) & (count >= max_symbols)
+        step = step + guard.long()
+    else:
+        # A blank with duration 0 leaves (frame, g) unchanged, so NeMo re-evaluates it until the
+        # symbol guard fires and then steps one frame: without this it would loop forever.
+        stall = blank & (dur == 0)
+        guard = ~stall & (count >= max_symbols)  # max symbols at this frame: force one more frame
+        step = torch.where(stall, torch.ones_like(dur), dur) + guard.long()
     new_time = torch.where(mask, time + step, time)
-    moved = stall | guard | (dur > 0)  # the frame changed: its evaluation count restarts
+    moved = step > 0  # the frame changed: its count restarts
     new_symbols = torch.where(mask, torch.where(moved, torch.zeros_like(count), count), symbols)
     return new_time, new_symbols
 

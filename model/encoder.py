@@ -29,17 +29,21 @@ class FeedForward(nn.Module):
 
 
 class ConvModule(nn.Module):
-    """pointwise (2C) -> GLU -> depthwise (kernel 9) -> BatchNorm -> SiLU -> pointwise."""
+    """pointwise (2C) -> GLU -> depthwise (kernel 9) -> BatchNorm (or LayerNorm over channels) -> SiLU -> pointwise."""
 
-    def __init__(self, d_model: int, kernel_size: int, bias: bool):
+    def __init__(self, d_model: int, kernel_size: int, bias: bool, norm: str = "batch_norm"):
         super().__init__()
         self.pointwise_conv1 = nn.Conv1d(d_model, 2 * d_model, 1, bias=bias)
         self.depthwise_conv = nn.Conv1d(d_model, d_model, kernel_size, padding=(kernel_size - 1) // 2, groups=d_model, bias=bias)
-        self.norm = nn.BatchNorm1d(d_model)
+        self.norm = nn.BatchNorm1d(d_model) if norm == "batch_norm" else nn.LayerNorm(d_model)
         self.pointwise_conv2 = nn.Conv1d(d_model, d_model, 1, bias=bias)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         x = F.glu(self.pointwise_conv1(x.transpose(1, 2)), dim=1)  # (B, C, T)
+        if isinstance(self.norm, nn.LayerNorm):  # NeMo conv_norm_type layer_norm: over channels, per frame
+            x = self.depthwise_conv(x.masked_fill(~valid[:, None, :], 0.0))
+            x = F.silu(self.norm(x.transpose(1, 2)).transpose(1, 2))
+            return self.pointwise_conv2(x).transpose(1, 2)  # (B, T, C)
         if torch.is_grad_enabled() or self.training:
             x = x.masked_fill(~valid[:, None, :], 0.0)  # padding must not leak into valid frames
             x = F.silu(self.norm(self.depthwise_conv(x)))
@@ -66,7 +70,7 @@ class ConformerBlock(nn.Module):
         self.norm_self_att = nn.LayerNorm(d)
         self.self_attn = RelPositionAttention(d, cfg.n_heads, cfg.attention_bias, cfg.dropout_att, cfg.att_context_size)
         self.norm_conv = nn.LayerNorm(d)
-        self.conv = ConvModule(d, cfg.conv_kernel_size, cfg.convolution_bias)
+        self.conv = ConvModule(d, cfg.conv_kernel_size, cfg.convolution_bias, cfg.conv_norm)
         self.norm_feed_forward2 = nn.LayerNorm(d)
         self.feed_forward2 = FeedForward(d, d_ff, cfg.attention_bias, cfg.dropout)
         self.norm_out = nn.LayerNorm(d)

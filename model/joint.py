@@ -1,4 +1,4 @@
-"""TDT joint network: logits = head(relu(enc_proj(f_t) + pred_proj(g_u))).
+"""TDT joint network: logits = head(act(enc_proj(f_t) + pred_proj(g_u))), act relu (Parakeet), sigmoid or tanh.
 
 The head predicts V + 1 token logits (blank last) followed by one logit per TDT duration.
 """
@@ -20,6 +20,7 @@ class Joint(nn.Module):
         self.pred_proj = nn.Linear(cfg.predictor.pred_hidden, cfg.joint.joint_hidden)
         self.head = nn.Linear(cfg.joint.joint_hidden, self.num_classes_with_blank + self.num_durations)
         self.dropout = cfg.joint.dropout
+        self.activation = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[cfg.joint.activation]
 
     def project_encoder(self, enc: torch.Tensor) -> torch.Tensor:
         """(..., D_enc) -> (..., J)"""
@@ -31,7 +32,7 @@ class Joint(nn.Module):
 
     def combine(self, enc_proj: torch.Tensor, pred_proj: torch.Tensor) -> torch.Tensor:
         """Projected inputs (broadcastable) -> (..., V + 1 + n_durations) logits."""
-        hidden = F.dropout(torch.relu(enc_proj + pred_proj), self.dropout, self.training)
+        hidden = F.dropout(self.activation(enc_proj + pred_proj), self.dropout, self.training)
         return self.head(hidden)
 
     def forward(self, enc: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:

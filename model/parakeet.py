@@ -12,6 +12,7 @@ from .config import ModelConfig
 from .encoder import FastConformerEncoder
 from .features import LogMelFeatures
 from .joint import Joint
+from .longform import DEFAULT_CHUNK_SECONDS
 from .predictor import PredictionNetwork
 from .records import Transcript
 from .tokenizer import Tokenizer
@@ -31,7 +32,7 @@ class ParakeetTDT(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         self.preprocessor = LogMelFeatures(config.features)
-        self.encoder = FastConformerEncoder(config.features.n_mels, config.encoder)
+        self.encoder = FastConformerEncoder(config.features.feature_dim, config.encoder)
         self.predictor = PredictionNetwork(config.vocab_size, config.predictor)
         self.joint = Joint(config)
 
@@ -61,14 +62,22 @@ class ParakeetTDT(nn.Module):
         inputs: Sequence[str | os.PathLike | np.ndarray | torch.Tensor],
         batch_size: int = 16,
         timestamps: bool = True,
+        decoding: str | None = None,
+        chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
     ) -> list[Transcript]:
-        """Transcribe audio files (any soundfile format, any rate) or 16 kHz mono arrays, in input order."""
+        """Transcribe audio files (any soundfile format, any rate) or 16 kHz mono arrays, in input order.
+
+        Inputs longer than `chunk_seconds` are split at pauses and stitched (any length works);
+        `decoding` ("greedy_batch" / "greedy") overrides the checkpoint's decoding strategy.
+        """
         from .transcribe import transcribe
 
-        return transcribe(self, inputs, batch_size=batch_size, timestamps=timestamps)
+        return transcribe(self, inputs, batch_size=batch_size, timestamps=timestamps, decoding=decoding,
+                          chunk_seconds=chunk_seconds)
 
-    def transcribe_waveforms(self, waveforms: torch.Tensor, lengths: torch.Tensor, timestamps: bool = True) -> list[Transcript]:
-        """A padded batch: waveforms (B, N) float32 at 16 kHz, lengths (B,) samples."""
+    def transcribe_waveforms(self, waveforms: torch.Tensor, lengths: torch.Tensor, timestamps: bool = True,
+                             decoding: str | None = None) -> list[Transcript]:
+        """A padded batch: waveforms (B, N) float32 at 16 kHz, lengths (B,) samples (not chunked)."""
         from .transcribe import transcribe_waveforms
 
-        return transcribe_waveforms(self, waveforms, lengths, timestamps=timestamps)
+        return transcribe_waveforms(self, waveforms, lengths, timestamps=timestamps, decoding=decoding)

@@ -1,4 +1,7 @@
-"""FastConformer dw_striding subsampling: 8x time reduction with depthwise-separable 2-D convs."""
+"""FastConformer subsampling: 8x (or 4x, 16x) time reduction with stride-2 2-D convs.
+
+`dw_striding` (every Parakeet checkpoint): a full conv, then depthwise-separable stages; `striding`
+(NeMo ConformerEncoder's default): full convs throughout."""
 from __future__ import annotations
 
 import math
@@ -24,9 +27,10 @@ class Subsampling(nn.Module):
     """`forward(features (B, n_mels, F), lengths (B,)) -> (x (B, T, d_model), lengths (B,))`.
 
     Layer indices follow NeMo / transformers: conv 0 (1 -> C, stride 2), ReLU, then per further
-    stage a depthwise stride-2 conv, a pointwise conv and a ReLU. Time steps past each row's length
-    are zeroed after every conv, as NeMo 3.0 (MaskedConvSequential) and transformers do, so a
-    row's output does not depend on how much padding its batch has.
+    stage a depthwise stride-2 conv, a pointwise conv and a ReLU (dw_striding) or a full stride-2
+    conv and a ReLU (striding). Time steps past each row's length are zeroed in the input and after
+    every conv, as NeMo 3.0 (MaskedConvSequential) and transformers do, so a row's output depends
+    neither on how much padding its batch has nor on the padding's value (NeMo's pad_value).
     """
 
     def __init__(self, n_mels: int, cfg: EncoderConfig):
@@ -35,7 +39,10 @@ class Subsampling(nn.Module):
         c = cfg.subsampling_conv_channels
         layers: list[nn.Module] = [nn.Conv2d(1, c, KERNEL, STRIDE, PAD), nn.ReLU()]
         for _ in range(self.n_stages - 1):
-            layers += [nn.Conv2d(c, c, KERNEL, STRIDE, PAD, groups=c), nn.Conv2d(c, c, 1), nn.ReLU()]
+            if cfg.subsampling == "dw_striding":
+                layers += [nn.Conv2d(c, c, KERNEL, STRIDE, PAD, groups=c), nn.Conv2d(c, c, 1), nn.ReLU()]
+            else:  # striding
+                layers += [nn.Conv2d(c, c, KERNEL, STRIDE, PAD), nn.ReLU()]
         self.layers = nn.ModuleList(layers)
         freq = n_mels
         for _ in range(self.n_stages):
@@ -68,6 +75,8 @@ class Subsampling(nn.Module):
         x = features.transpose(1, 2).unsqueeze(1)  # (B, 1, F, n_mels)
         cur, off = lengths, offset
         inplace = not torch.is_grad_enabled()  # inference: mask and ReLU in place (these maps are large)
+        frames = torch.arange(off, off + x.shape[2], device=x.device)
+        x = x * (frames[None, :] < cur[:, None])[:, None, :, None].to(x.dtype)  # input frames past the length
         for layer in self.layers:
             if inplace and isinstance(layer, nn.ReLU):
                 x = x.relu_()

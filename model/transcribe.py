@@ -9,7 +9,9 @@ import soundfile as sf
 import torch
 
 from .audio import decode_audio
+from .config import DECODING_STRATEGIES
 from .decoding import greedy_tdt
+from .longform import DEFAULT_CHUNK_SECONDS, chunk_limit, frame_samples, split_points, stitch
 from .records import Transcript
 from .timestamps import build_transcript, supported_punctuation
 
@@ -17,14 +19,25 @@ if TYPE_CHECKING:
     from .parakeet import ParakeetTDT
 
 
+def decoding_rule(m: "ParakeetTDT", decoding: str | None) -> str:
+    """The decoding strategy to use: `decoding` if given, else the checkpoint's (config.decoding)."""
+    rule = m.config.decoding if decoding is None else decoding
+    if rule not in DECODING_STRATEGIES:
+        raise ValueError(f"decoding={decoding!r}: expected one of {DECODING_STRATEGIES} (or None for the checkpoint's)")
+    return rule
+
+
 @torch.inference_mode()
-def transcribe_waveforms(m: "ParakeetTDT", waveforms: torch.Tensor, lengths: torch.Tensor, timestamps: bool = True) -> list[Transcript]:
-    """A padded batch: waveforms (B, N) float32 at the model rate, lengths (B,) samples."""
+def transcribe_waveforms(m: "ParakeetTDT", waveforms: torch.Tensor, lengths: torch.Tensor, timestamps: bool = True,
+                         decoding: str | None = None) -> list[Transcript]:
+    """A padded batch: waveforms (B, N) float32 at the model rate, lengths (B,) samples. Not chunked."""
     if m.tokenizer is None:
         raise ValueError("this model has no tokenizer: it cannot produce text")
     cfg = m.config
+    rule = decoding_rule(m, decoding)
     enc, enc_lengths = m.encode(waveforms, lengths)
-    hyps = greedy_tdt(enc, enc_lengths, m.predictor, m.joint, cfg.blank_id, cfg.durations, cfg.max_symbols_per_step)
+    hyps = greedy_tdt(enc, enc_lengths, m.predictor, m.joint, cfg.blank_id, cfg.durations, cfg.max_symbols_per_step,
+                      rule=rule)
     punct = _punctuation(m)
     stride = cfg.features.hop_length / cfg.features.sample_rate  # 0.01 s, NeMo's window_stride
     return [
@@ -71,24 +84,51 @@ def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return batch, lengths
 
 
-def transcribe(m: "ParakeetTDT", inputs: Sequence, batch_size: int = 16, timestamps: bool = True) -> list[Transcript]:
+def transcribe(m: "ParakeetTDT", inputs: Sequence, batch_size: int = 16, timestamps: bool = True,
+               decoding: str | None = None, chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS) -> list[Transcript]:
     """Files (path or bytes, any soundfile format/rate) or 1-D 16 kHz arrays -> Transcripts, in input order.
 
     Inputs are sorted by length so each batch pads little; results are returned in input order.
     Files are checked up front (a missing or unreadable file raises AudioDecodeError naming it
     before any work) and decoded one batch at a time, so memory holds one batch of audio.
+    Inputs longer than `chunk_seconds` (None: never) are split at pauses into chunks of at most that
+    length, transcribed one chunk per call and stitched onto one timeline (model/longform.py): memory
+    is the input's waveform plus one chunk's activations, whatever its length.
+    `decoding`: "greedy_batch" or "greedy" overrides the checkpoint's strategy (config.decoding).
     """
     if isinstance(inputs, (str, os.PathLike, bytes, np.ndarray, torch.Tensor)):
         raise TypeError("transcribe takes a list of inputs; wrap a single input in a list")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    sr = m.config.features.sample_rate
+    rule = decoding_rule(m, decoding)
+    sr, frame = m.config.features.sample_rate, frame_samples(m.config)
+    limit = chunk_limit(chunk_seconds, sr, frame) if chunk_seconds else None
     items = [x if isinstance(x, (str, os.PathLike)) else _to_array(x, sr) for x in inputs]
-    order = sorted(range(len(items)), key=lambda i: _num_samples(items[i], sr))
+    sizes = [_num_samples(x, sr) for x in items]
+    order = sorted(range(len(items)), key=lambda i: sizes[i])
     results: list[Transcript | None] = [None] * len(items)
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        batch, lengths = _pad([_to_array(items[i], sr) for i in idx])
-        for i, t in zip(idx, transcribe_waveforms(m, batch, lengths, timestamps)):
-            results[i] = t
+    short = [i for i in order if limit is None or sizes[i] <= limit]
+    for s in range(0, len(short), batch_size):
+        idx = short[s : s + batch_size]
+        arrays = {i: _to_array(items[i], sr) for i in idx}
+        fits = [i for i in idx if limit is None or len(arrays[i]) <= limit]  # a header may understate the length
+        if fits:
+            batch, lengths = _pad([arrays[i] for i in fits])
+            for i, t in zip(fits, transcribe_waveforms(m, batch, lengths, timestamps, rule)):
+                results[i] = t
+        for i in set(idx) - set(fits):
+            results[i] = _transcribe_long(m, arrays.pop(i), chunk_seconds, timestamps, rule)
+    for i in order[len(short):]:
+        results[i] = _transcribe_long(m, _to_array(items[i], sr), chunk_seconds, timestamps, rule)
     return results  # type: ignore[return-value]
+
+
+def _transcribe_long(m: "ParakeetTDT", wave: np.ndarray, chunk_seconds: float, timestamps: bool, rule: str) -> Transcript:
+    """One long input: chunks cut at pauses (frame-aligned), one model call each, stitched."""
+    sr, frame = m.config.features.sample_rate, frame_samples(m.config)
+    pieces = split_points(wave, chunk_seconds, sr, frame)
+    parts = []
+    for a, b in pieces:
+        batch, lengths = _pad([wave[a:b]])
+        parts += transcribe_waveforms(m, batch, lengths, timestamps, rule)
+    return stitch(parts, [a for a, _ in pieces], len(wave) / sr, sr, frame)

@@ -16,9 +16,10 @@ import pyarrow as pa
 import torch
 
 import model
+from model.longform import DEFAULT_CHUNK_SECONDS, frame_samples, split_points, stitch
+from model.transcribe import decoding_rule
 
 from .batching import DEFAULT_BATCH_SECONDS, plan_batches
-from .longform import DEFAULT_CHUNK_SECONDS, SAMPLE_RATE, split_points, stitch
 from .schema import TRANSCRIPT_SCHEMA, error_row, transcript_row
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ class Transcriber:
 
     model_uri: what `model.load` accepts (folder, .nemo, fsspec URI, hub id); it is also written
     to each row's `model` column. batch_seconds: padded audio seconds per model call.
-    chunk_seconds: inputs longer than this are split at quiet points and stitched (longform.py).
+    chunk_seconds: inputs longer than this are split at quiet points and stitched (model/longform.py).
+    decoding: "greedy_batch" / "greedy" overrides the checkpoint's decoding strategy (None keeps it).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class Transcriber:
         num_threads: int | None = None,
         crash_once_marker: str | None = None,
         model_label: str | None = None,
+        decoding: str | None = None,
     ):
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -95,6 +98,9 @@ class Transcriber:
         self.device = resolve_device(device, self.gpu_ids)
         self.precision = resolve_precision(precision, self.device)
         self.model = model.load(model_uri, device=self.device, dtype=self.precision)
+        self.decoding = decoding_rule(self.model, decoding)
+        self.sample_rate = self.model.config.features.sample_rate
+        self.frame = frame_samples(self.model.config)
         self.model_label = model_label or model_uri
         self.batch_seconds = float(batch_seconds)
         self.chunk_seconds = float(chunk_seconds)
@@ -118,7 +124,7 @@ class Transcriber:
             rate = int(batch["sample_rate"][i])
             if isinstance(result, Exception):
                 rows[i] = error_row(uris[i], f"TranscribeError: {type(result).__name__}: {result}", self.model_label, now,
-                                    duration_s=len(waves[i]) / SAMPLE_RATE, sample_rate=rate)
+                                    duration_s=len(waves[i]) / self.sample_rate, sample_rate=rate)
             else:
                 rows[i] = transcript_row(uris[i], result, rate, self.model_label, now)
         table = pa.Table.from_pylist(rows, schema=TRANSCRIPT_SCHEMA)
@@ -136,10 +142,11 @@ class Transcriber:
 
     def _transcribe(self, waves: dict[int, np.ndarray]) -> dict[int, model.Transcript | Exception]:
         """Transcripts for each input (index -> waveform (N,) at 16 kHz); long ones chunked."""
+        sr, frame = self.sample_rate, self.frame
         pieces: list[tuple[int, int, int]] = []  # (input index, start sample, end sample)
         for i, w in waves.items():
-            pieces += [(i, s, e) for s, e in split_points(w, self.chunk_seconds)]
-        plan = plan_batches([(e - s) / SAMPLE_RATE for _, s, e in pieces], self.batch_seconds)
+            pieces += [(i, s, e) for s, e in split_points(w, self.chunk_seconds, sr, frame)]
+        plan = plan_batches([(e - s) / sr for _, s, e in pieces], self.batch_seconds)
         out: dict[int, Any] = {}
         for batch in plan:
             chunk = [waves[pieces[k][0]][pieces[k][1] : pieces[k][2]] for k in batch]
@@ -157,7 +164,7 @@ class Transcriber:
             elif len(mine) == 1:
                 results[i] = out[mine[0]]
             else:
-                results[i] = stitch([out[k] for k in mine], [pieces[k][1] / SAMPLE_RATE for k in mine], len(w) / SAMPLE_RATE)
+                results[i] = stitch([out[k] for k in mine], [pieces[k][1] for k in mine], len(w) / sr, sr, frame)
         return results
 
     def _run(self, arrays: list[np.ndarray]) -> list[model.Transcript | Exception]:
@@ -176,4 +183,4 @@ class Transcriber:
         waveforms = torch.zeros(len(arrays), int(lengths.max()))  # (B, N)
         for row, a in enumerate(arrays):
             waveforms[row, : len(a)].numpy()[:] = a  # via numpy: Arrow-backed arrays are read-only
-        return self.model.transcribe_waveforms(waveforms, lengths)
+        return self.model.transcribe_waveforms(waveforms, lengths, decoding=self.decoding)

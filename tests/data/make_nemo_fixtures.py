@@ -14,6 +14,18 @@ What it makes (deterministic seeds; a few MB in all):
   batch_size=1 (the reference) and batch_size=4 (greedy_batch label looping on CPU).
 - tests/data/nemo/<model>_tensors.npz: preprocessor features and encoder outputs for two clips.
 - tests/data/nemo/tdt_loss.npz: NeMo's TDTLossPytorch values and gradients on random lattices.
+- tests/data/nemo/tiny_tdt_ms2 / tiny_tdt_ms3 / tiny_tdt_ctc (.nemo, .json, _tensors.npz): models whose
+  configs carry the options real checkpoints use (see VARIANTS): small max_symbols with wide durations
+  (the label-looping max-symbols guard fires; its duration-0 logit is tilted after training so it does
+  often), pad_to 16, 64/80 mel bins, xscaling off, use_bias off, layer_norm convolution norm, striding
+  subsampling, tied biases, one-layer prediction network, non-default windows/normalisation, and a hybrid
+  TDT-CTC model. Their JSON holds NeMo's `transcribe()` output with strategy greedy_batch (bs1) and
+  strategy greedy (greedy_bs1).
+- tests/data/nemo/features.npz: AudioToMelSpectrogramPreprocessor outputs for every option set in
+  FEATURE_CASES (three clips of different lengths in one batch).
+
+Only what is missing is built; `--only NAME [NAME ...]` rebuilds the named fixtures (audio, tiny_tdt,
+tiny_tdt_ff2, loss, features, or a VARIANTS name). Rebuilding the audio changes every other fixture.
 """
 from __future__ import annotations
 
@@ -82,9 +94,11 @@ def train_tokenizer(texts: list[str], folder: Path) -> Path:
     return folder
 
 
-def model_config(tok_dir: Path, d_model: int, ff: int, attn: str = "rel_pos", ctx=(-1, -1)) -> dict:
-    durations = [0, 1, 2, 3, 4]
-    return {
+def model_config(tok_dir: Path, d_model: int, ff: int, attn: str = "rel_pos", ctx=(-1, -1),
+                 durations=(0, 1, 2, 3, 4), max_symbols: int = 10, preprocessor: dict | None = None,
+                 encoder: dict | None = None, prednet: dict | None = None, hybrid: bool = False) -> dict:
+    durations = list(durations)
+    cfg = {
         "sample_rate": 16000,
         "tokenizer": {"dir": str(tok_dir), "type": "bpe"},
         "preprocessor": {
@@ -115,9 +129,69 @@ def model_config(tok_dir: Path, d_model: int, ff: int, attn: str = "rel_pos", ct
         },
         "model_defaults": {"tdt_durations": durations, "num_tdt_durations": len(durations), "enc_hidden": d_model, "pred_hidden": 64, "joint_hidden": 64},
         "loss": {"loss_name": "tdt", "tdt_kwargs": {"fastemit_lambda": 0.0, "clamp": -1.0, "durations": durations, "sigma": 0.02, "omega": 0.1}},
-        "decoding": {"strategy": "greedy_batch", "model_type": "tdt", "durations": durations, "greedy": {"max_symbols": 10}},
+        "decoding": {"strategy": "greedy_batch", "model_type": "tdt", "durations": durations, "greedy": {"max_symbols": max_symbols}},
         "optim": None,
     }
+    cfg["preprocessor"].update(preprocessor or {})
+    cfg["encoder"].update(encoder or {})
+    cfg["encoder"]["feat_in"] = cfg["preprocessor"]["features"] * int(cfg["preprocessor"].get("frame_splicing", 1))
+    cfg["decoder"]["prednet"].update(prednet or {})
+    if hybrid:  # EncDecHybridRNNTCTCBPEModel: a CTC head on the same encoder (its decoder is ConvASRDecoder)
+        cfg["aux_ctc"] = {
+            "ctc_loss_weight": 0.3, "use_cer": False, "ctc_reduction": "mean_batch",
+            "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": d_model,
+                        "num_classes": -1, "vocabulary": []},
+            "decoding": {"strategy": "greedy_batch"},
+        }
+    return cfg
+
+
+# Tiny models whose configs carry the options published checkpoints use. Each entry:
+# (d_model, ff, durations, max_symbols, preprocessor overrides, encoder overrides, prednet overrides,
+#  hybrid, (duration-0 tilt, blank tilt)). The tilts are added to the duration-0 and blank output biases
+# after training, so that zero-duration label chains (and with them the max-symbols guard, and the cases
+# where strategies greedy and greedy_batch disagree) are common; they are part of the weights both NeMo
+# and we load. (The trained logits are large: tilts of a few units change nothing.)
+VARIANTS = {
+    "tiny_tdt_ms2": (48, 4, (0, 1, 2, 3, 4, 5, 6, 7, 8), 2,
+                     {"features": 80, "pad_to": 16, "window": "hamming"},
+                     {"xscaling": False, "use_bias": False, "conv_norm_type": "layer_norm"},
+                     {"pred_rnn_layers": 1}, False, (10.0, 0.0)),
+    "tiny_tdt_ms3": (48, 4, (0, 1, 2, 4, 8), 3,
+                     {"features": 64, "pad_to": 16, "normalize": "all_features", "mag_power": 1.0,
+                      "lowfreq": 60, "highfreq": 7600, "log_zero_guard_type": "clamp", "log_zero_guard_value": 1e-5},
+                     {"subsampling": "striding", "untie_biases": False, "att_context_size": [[-1, -1]]},
+                     {}, False, (19.5, -12.0)),
+    "tiny_tdt_ctc": (48, 4, (0, 1, 2, 3, 4), 10,
+                     {"features": 80, "pad_to": 16, "window": "blackman", "window_size": 0.02, "n_fft": 512},
+                     {}, {"pred_rnn_layers": 1}, True, (0.0, 0.0)),
+}
+
+# AudioToMelSpectrogramPreprocessor option sets compared feature by feature (tests/model/test_features.py).
+FEATURE_CASES = {
+    "nemo_defaults": {},  # window_size 0.02, 64 mels, pad_to 16: what a config without these keys means
+    "parakeet": {"window_size": 0.025, "features": 128, "pad_to": 0, "n_fft": 512},
+    "pad_to16_value": {"window_size": 0.025, "features": 80, "pad_to": 16, "pad_value": -3.0},
+    "all_features": {"window_size": 0.025, "features": 80, "normalize": "all_features"},
+    "no_normalize": {"window_size": 0.025, "features": 80, "normalize": "NA"},
+    "no_log": {"window_size": 0.025, "features": 80, "log": False, "normalize": "NA"},
+    "clamp_guard": {"window_size": 0.025, "features": 80, "log_zero_guard_type": "clamp", "log_zero_guard_value": 1e-6},
+    "guard_tiny": {"window_size": 0.025, "features": 80, "log_zero_guard_value": "tiny"},
+    "guard_eps": {"window_size": 0.025, "features": 80, "log_zero_guard_type": "clamp", "log_zero_guard_value": "eps"},
+    "mag_power1": {"window_size": 0.025, "features": 80, "mag_power": 1.0},
+    "hamming": {"window_size": 0.025, "features": 80, "window": "hamming"},
+    "blackman": {"window_size": 0.025, "features": 80, "window": "blackman"},
+    "bartlett": {"window_size": 0.025, "features": 80, "window": "bartlett"},
+    "n_fft_1024": {"window_size": 0.025, "features": 80, "n_fft": 1024},
+    "derived_n_fft": {"window_size": 0.035, "window_stride": 0.015, "features": 80},
+    "n_window_keys": {"window_size": None, "window_stride": None, "n_window_size": 400, "n_window_stride": 160, "features": 80},
+    "freq_range": {"window_size": 0.025, "features": 80, "lowfreq": 100, "highfreq": 6000},
+    "exact_pad": {"window_size": 0.025, "features": 80, "exact_pad": True},
+    "frame_splicing3": {"window_size": 0.025, "features": 64, "frame_splicing": 3},
+    "no_preemph": {"window_size": 0.025, "features": 128, "preemph": None},
+    "mel_norm_none": {"window_size": 0.025, "features": 80, "mel_norm": None},
+    "rate_8k": {"sample_rate": 8000, "window_size": 0.025, "features": 64},
+}
 
 
 @contextlib.contextmanager
@@ -152,7 +226,7 @@ def train(model, clips, texts, steps: int, seed: int):
     from transformers.loss.loss_tdt import tdt_loss
 
     torch.manual_seed(seed)
-    durations = [0, 1, 2, 3, 4]
+    durations = [int(d) for d in model.cfg.model_defaults.tdt_durations]
     blank = model.decoder.blank_idx
     lengths = torch.tensor([len(c) for c in clips])
     audio = torch.zeros(len(clips), int(lengths.max()))
@@ -196,13 +270,52 @@ def hyp_json(h) -> dict:
     }
 
 
-def references(model, name: str, rows, clips) -> None:
+def tilt_logits(model, duration0: float, blank: float) -> None:
+    """Add to the duration-0 and blank logits' biases of the joint's output layer (see VARIANTS)."""
+    durations = [int(d) for d in model.cfg.model_defaults.tdt_durations]
+    head = [m for m in model.joint.joint_net if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias[head.bias.shape[0] - len(durations) + durations.index(0)] += duration0
+        head.bias[model.decoder.blank_idx] += blank
+
+
+def guard_firings(hyps: list[dict], max_symbols: int) -> int:
+    """Frames where label looping's max-symbols guard forced time on: max_symbols labels at one frame,
+    the last with duration 0 (it did not move time itself)."""
+    fired = 0
+    for h in hyps:
+        i, ts, du = 0, h["timestep"], h["token_duration"]
+        while i < len(ts):
+            j = i
+            while j + 1 < len(ts) and ts[j + 1] == ts[i]:
+                j += 1
+            fired += (j - i + 1) >= max_symbols and du[j] == 0
+            i = j + 1
+    return fired
+
+
+def references(model, name: str, rows, clips, strategies=("greedy_batch",)) -> None:
     # NeMo is given the decoded 16 kHz mono arrays (its file reader rejects stereo); they are what
     # model.audio.decode_audio yields for the same files (soundfile float32, channel mean, soxr HQ).
+    from omegaconf import open_dict
+
     out = {"clips": [r["audio"] for r in rows]}
     for bs in (1, 4):
         hyps = model.transcribe(list(clips), batch_size=bs, timestamps=True, verbose=False)
         out[f"bs{bs}"] = [hyp_json(h) for h in hyps]
+    if "greedy" in strategies:  # GreedyTDTInfer: the per-utterance frame loop (strategy `greedy`)
+        cfg = model.cfg.decoding.copy()
+        with open_dict(cfg):
+            cfg.strategy = "greedy"
+        model.change_decoding_strategy(cfg, verbose=False)
+        hyps = model.transcribe(list(clips), batch_size=1, timestamps=True, verbose=False)
+        out["greedy_bs1"] = [hyp_json(h) for h in hyps]
+        with open_dict(cfg):
+            cfg.strategy = "greedy_batch"
+        model.change_decoding_strategy(cfg, verbose=False)
+    max_symbols = int(model.cfg.decoding.greedy.max_symbols)
+    out["max_symbols"] = max_symbols
+    out["guard_firings_bs1"] = guard_firings(out["bs1"], max_symbols)
     (OUT / f"{name}.json").write_text(json.dumps(out, indent=1))
     # NeMo 3.0's transcribe() leaves the encoder in training mode afterwards (BatchNorm would use
     # batch statistics and update its running stats): put the whole model back in eval mode.
@@ -223,7 +336,12 @@ def references(model, name: str, rows, clips) -> None:
     n_tok = [len(h["y_sequence"]) for h in out["bs1"]]
     durs = np.bincount([d for h in out["bs1"] for d in h["token_duration"]], minlength=5)
     mism = sum(a["token_duration"] != b["token_duration"] for a, b in zip(out["bs1"], out["bs4"]))
-    print(f"  {name}: tokens/clip {n_tok}, duration histogram {durs.tolist()}, bs4 != bs1 durations on {mism} clips")
+    print(f"  {name}: tokens/clip {n_tok}, duration histogram {durs.tolist()}, bs4 != bs1 durations on {mism} clips,"
+          f" guard fired {out['guard_firings_bs1']} times")
+    if "greedy_bs1" in out:
+        diff = sum(a["y_sequence"] != b["y_sequence"] or a["token_duration"] != b["token_duration"]
+                   for a, b in zip(out["bs1"], out["greedy_bs1"]))
+        print(f"  {name}: strategy greedy differs from greedy_batch on {diff} clips")
     for h in out["bs1"][:3]:
         print("   ", repr(h["text"]))
 
@@ -252,18 +370,73 @@ def loss_fixtures() -> None:
     print("  tdt_loss.npz:", len(cases) // 9, "cases")
 
 
+def feature_fixtures(clips) -> None:
+    """NeMo's preprocessor on a 3-clip batch, per option set in FEATURE_CASES (eval mode: no dither)."""
+    import soxr
+    from nemo.collections.asr.modules import AudioToMelSpectrogramPreprocessor
+
+    picks = [clips[0][:30000], clips[3][:20000], clips[5][:12500]]  # three lengths (small fixture)
+    out = {}
+    for rate in (16000, 8000):
+        xs = picks if rate == 16000 else [soxr.resample(c, 16000, 8000, quality="HQ").astype(np.float32) for c in picks]
+        lengths = torch.tensor([len(x) for x in xs])
+        audio = torch.zeros(len(xs), int(lengths.max()))
+        for i, x in enumerate(xs):
+            audio[i, : len(x)] = torch.from_numpy(x)
+        out[f"audio_{rate}"], out[f"lengths_{rate}"] = audio.numpy(), lengths.numpy()
+    for name, opts in FEATURE_CASES.items():
+        opts = {"dither": 1e-5, **opts}
+        rate = int(opts.get("sample_rate", 16000))
+        pre = AudioToMelSpectrogramPreprocessor(**opts).eval()
+        with torch.no_grad():
+            feats, flen = pre(input_signal=torch.from_numpy(out[f"audio_{rate}"]), length=torch.from_numpy(out[f"lengths_{rate}"]))
+        out[f"{name}_features"], out[f"{name}_lengths"] = feats.numpy(), flen.numpy()
+        print(f"  features {name}: {tuple(feats.shape)}")
+    (OUT / "features_cases.json").write_text(json.dumps(FEATURE_CASES, indent=1))
+    np.savez_compressed(OUT / "features.npz", **out)
+
+
+def build_variant(nemo_asr, tok_dir: Path, name: str, rows, clips, texts) -> None:
+    from omegaconf import OmegaConf, open_dict
+
+    d_model, ff, durations, max_symbols, pre, enc, pred, hybrid, tilt = VARIANTS[name]
+    print(f"building {name}", flush=True)
+    torch.manual_seed(1)
+    cfg = OmegaConf.create(model_config(tok_dir, d_model, ff, durations=durations, max_symbols=max_symbols,
+                                        preprocessor=pre, encoder=enc, prednet=pred, hybrid=hybrid))
+    cls = nemo_asr.models.EncDecHybridRNNTCTCBPEModel if hybrid else nemo_asr.models.EncDecRNNTBPEModel
+    model = cls(cfg=cfg)
+    with open_dict(model.cfg):
+        model.cfg.validation_ds = {"use_start_end_token": False}
+    train(model, clips, texts, 250, seed=2)
+    tilt_logits(model, *tilt)
+    model.save_to(str(OUT / f"{name}.nemo"))
+    references(model, name, rows, clips, strategies=("greedy_batch", "greedy"))
+
+
 def main() -> None:
+    import argparse
+
     import nemo.collections.asr as nemo_asr
     from omegaconf import OmegaConf, open_dict
 
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", default=None, help="rebuild these fixtures (default: whatever is missing)")
+    args = parser.parse_args()
+    want = lambda name, path: (name in args.only) if args.only else not path.exists()  # noqa: E731
+
     torch.manual_seed(0)
     OUT.mkdir(parents=True, exist_ok=True)
-    rows = make_audio()
+    if want("audio", AUDIO / "manifest.jsonl"):
+        make_audio()
+    rows = [json.loads(line) for line in (AUDIO / "manifest.jsonl").read_text().splitlines()]
     clips = load_clips(rows)
     texts = [r["text"] for r in rows]
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = train_tokenizer(texts + [c[3] for c in CLIPS], Path(tmp) / "tok")
         for name, d_model, ff, steps in (("tiny_tdt", 64, 4, 250), ("tiny_tdt_ff2", 48, 2, 250)):
+            if not want(name, OUT / f"{name}.nemo"):
+                continue
             print(f"building {name}", flush=True)
             torch.manual_seed(1)
             model = nemo_asr.models.EncDecRNNTBPEModel(cfg=OmegaConf.create(model_config(tok_dir, d_model, ff)))
@@ -276,7 +449,13 @@ def main() -> None:
                 model.change_attention_model("rel_pos_local_attn", [8, 8])
                 model.save_to(str(OUT / "tiny_tdt_local.nemo"))
                 references(model, "tiny_tdt_local", rows, clips)
-    loss_fixtures()
+        for name in VARIANTS:
+            if want(name, OUT / f"{name}.nemo"):
+                build_variant(nemo_asr, tok_dir, name, rows, clips, texts)
+    if want("loss", OUT / "tdt_loss.npz"):
+        loss_fixtures()
+    if want("features", OUT / "features.npz"):
+        feature_fixtures(clips)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Batched greedy TDT decoding against a slow, obviously correct per-utterance reference
-(a line-by-line port of NeMo 3.0's batch-size-1 `GreedyTDTInfer._greedy_decode`)."""
+"""Batched greedy TDT decoding against slow, obviously correct per-utterance references: line-by-line
+ports of NeMo 3.0's `GreedyTDTInfer._greedy_decode` (strategy greedy) and of
+`GreedyBatchedTDTLabelLoopingComputer.torch_impl` run on one utterance (strategy greedy_batch)."""
 from __future__ import annotations
 
 import copy
@@ -40,6 +41,39 @@ def reference_greedy(enc, length, predictor, joint, blank, durations, max_symbol
         if symbols_added == max_symbols:
             time_idx += 1
     return Hypothesis(tuple(tokens), tuple(frames), tuple(durs))
+
+
+def reference_label_looping(enc, length, predictor, joint, blank, durations, max_symbols):
+    """NeMo's label looping (tdt_label_looping.py torch_impl), one utterance: enc (T, D)."""
+    def step(t, g):
+        logits = joint.combine(joint.project_encoder(enc[t]), joint.project_predictor(g[0, 0])).float()
+        k, d = int(logits[: blank + 1].argmax()), durations[int(logits[blank + 1 :].argmax())]
+        return k, (1 if k == blank and d == 0 else d)  # "for blank labels force duration >= 1"
+
+    tokens, frames, durs = [], [], []
+    g, state = predictor(torch.tensor([[blank]]), None)  # <SOS> = blank
+    t, last_nb_timestamp, lasts = 0, -1, 0
+    while t < length:
+        k, d = step(t, g)  # stage 1.1
+        t_label, t = t, t + d
+        while k == blank and t < length:  # stage 1.2: skip blanks until a label or the end
+            k, d = step(t, g)
+            t_label, t = t, t + d
+        if k == blank:
+            break
+        tokens.append(k)
+        frames.append(t_label)
+        durs.append(d)
+        lasts = lasts + 1 if last_nb_timestamp == t_label else 1  # batched_hyps.add_results_masked_
+        last_nb_timestamp = t_label
+        g, state = predictor(torch.tensor([[k]]), state)  # stage 3
+        if lasts >= max_symbols and last_nb_timestamp == t:  # stage 4: force blank
+            t += 1
+    return Hypothesis(tuple(tokens), tuple(frames), tuple(durs))
+
+
+REFERENCES = {"greedy": reference_greedy, "greedy_batch": reference_label_looping}
+RULES = sorted(REFERENCES)
 
 
 class ScriptedPredictor(nn.Module):
@@ -90,52 +124,83 @@ def scripted(T, U, V, durations, script, b=1):
     return enc, ScriptedPredictor(V), ScriptedJoint(table)
 
 
-def run_both(enc, lengths, pred, joint, blank, durations, max_symbols=10, compact=None):
-    batched = greedy_tdt(enc, lengths, pred, joint, blank, durations, max_symbols, compact=compact)
+def run_both(enc, lengths, pred, joint, blank, durations, max_symbols=10, compact=None, rule="greedy_batch"):
+    batched = greedy_tdt(enc, lengths, pred, joint, blank, durations, max_symbols, compact=compact, rule=rule)
     if compact is None:  # both inner-loop variants (compact rows / fixed shapes) give the same result
-        assert greedy_tdt(enc, lengths, pred, joint, blank, durations, max_symbols, compact=False) == batched
-    refs = [reference_greedy(enc[i], int(lengths[i]), pred, joint, blank, durations, max_symbols) for i in range(len(enc))]
+        assert greedy_tdt(enc, lengths, pred, joint, blank, durations, max_symbols, compact=False, rule=rule) == batched
+    reference = REFERENCES[rule]
+    refs = [reference(enc[i], int(lengths[i]), pred, joint, blank, durations, max_symbols) for i in range(len(enc))]
     return batched, refs
 
 
 DUR = (0, 1, 2, 3, 4)
 
 
-def test_token_with_zero_duration_stays_on_frame():
+@pytest.mark.parametrize("rule", RULES)
+def test_token_with_zero_duration_stays_on_frame(rule):
     enc, p, j = scripted(6, 4, 5, DUR, {(0, 0): (1, 0), (0, 1): (2, 2), (2, 2): (3, 1)})
-    (h,), (r,) = run_both(enc, torch.tensor([6]), p, j, 5, DUR)
+    (h,), (r,) = run_both(enc, torch.tensor([6]), p, j, 5, DUR, rule=rule)
     assert h == r
     assert h.token_ids == (1, 2, 3) and h.frames == (0, 0, 2) and h.durations == (0, 2, 1)
 
 
-def test_blank_with_zero_duration_advances_one_frame():
+@pytest.mark.parametrize("rule", RULES)
+def test_blank_with_zero_duration_advances_one_frame(rule):
     enc, p, j = scripted(5, 4, 5, DUR, {(1, 0): (5, 0), (2, 0): (4, 1)})  # label 5 = blank, duration 0
-    (h,), (r,) = run_both(enc, torch.tensor([5]), p, j, 5, DUR)
+    (h,), (r,) = run_both(enc, torch.tensor([5]), p, j, 5, DUR, rule=rule)
     assert h == r and h.token_ids == (4,) and h.frames == (2,)
 
 
-def test_max_symbols_guard_then_extra_frame():
-    # every (frame 0, u) emits label 1 with duration 0: the guard must fire after 3 symbols
+def _guard_script():
+    # every (frame 0, u) emits label 1 with duration 0, except the 3rd symbol, which has duration 2;
+    # (frame 2, u = 3) and (frame 3, u = 3) emit label 2 with duration 1
     script = {(0, u): (1, 0) for u in range(10)}
-    script[(0, 2)] = (1, 2)  # the 3rd symbol has duration 2: NeMo still adds the +1
-    enc, p, j = scripted(8, 10, 5, DUR, script)
-    (h,), (r,) = run_both(enc, torch.tensor([8]), p, j, 5, DUR, max_symbols=3)
+    script[(0, 2)] = (1, 2)
+    script[(2, 3)] = (2, 1)
+    script[(3, 3)] = (2, 1)
+    return scripted(8, 10, 5, DUR, script)
+
+
+def test_max_symbols_guard_greedy_adds_a_frame_after_a_moving_label():
+    """GreedyTDTInfer: the 3rd evaluation at frame 0 reaches max_symbols=3, so time moves 2 + 1."""
+    enc, p, j = _guard_script()
+    (h,), (r,) = run_both(enc, torch.tensor([8]), p, j, 5, DUR, max_symbols=3, rule="greedy")
     assert h == r
-    assert h.frames[:3] == (0, 0, 0)
-    assert h.token_ids == (1, 1, 1)
+    assert h == Hypothesis((1, 1, 1, 2), (0, 0, 0, 3), (0, 0, 2, 1))
 
 
-def test_guard_on_endless_zero_duration_labels():
+def test_max_symbols_guard_label_looping_trusts_a_moving_label():
+    """Label looping: the 3rd label's duration 2 already moved time, so nothing is forced (frame 2)."""
+    enc, p, j = _guard_script()
+    (h,), (r,) = run_both(enc, torch.tensor([8]), p, j, 5, DUR, max_symbols=3, rule="greedy_batch")
+    assert h == r
+    assert h == Hypothesis((1, 1, 1, 2), (0, 0, 0, 2), (0, 0, 2, 1))
+
+
+def test_blanks_do_not_count_toward_label_loopings_limit():
+    """label(d=0), label(d=0), blank(d=1) at one frame with max_symbols=3: GreedyTDTInfer counts the
+    blank as the 3rd evaluation and adds a frame (next label at frame 2); label looping does not (frame 1)."""
+    script = {(0, 0): (1, 0), (0, 1): (1, 0), (1, 2): (3, 1), (2, 2): (3, 1)}  # (0, 2) is blank, duration 1
+    enc, p, j = scripted(4, 4, 5, DUR, script)
+    (g,), (rg,) = run_both(enc, torch.tensor([4]), p, j, 5, DUR, max_symbols=3, rule="greedy")
+    (ll,), (rl,) = run_both(enc, torch.tensor([4]), p, j, 5, DUR, max_symbols=3, rule="greedy_batch")
+    assert g == rg and ll == rl
+    assert g.frames == (0, 0, 2) and ll.frames == (0, 0, 1)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_guard_on_endless_zero_duration_labels(rule):
     script = {(t, u): (2, 0) for t in range(4) for u in range(40)}
     enc, p, j = scripted(4, 40, 5, DUR, script)
-    (h,), (r,) = run_both(enc, torch.tensor([4]), p, j, 5, DUR, max_symbols=10)
+    (h,), (r,) = run_both(enc, torch.tensor([4]), p, j, 5, DUR, max_symbols=10, rule=rule)
     assert h == r and len(h.token_ids) == 40 and h.frames == tuple(t for t in range(4) for _ in range(10))
 
 
-def test_empty_and_batch_of_different_lengths():
+@pytest.mark.parametrize("rule", RULES)
+def test_empty_and_batch_of_different_lengths(rule):
     enc, p, j = scripted(12, 8, 5, DUR, {(0, 0): (1, 3), (3, 1): (2, 0), (3, 2): (3, 4), (9, 3): (4, 1)}, b=4)
     lengths = torch.tensor([12, 0, 4, 1])
-    hs, refs = run_both(enc, lengths, p, j, 5, DUR)
+    hs, refs = run_both(enc, lengths, p, j, 5, DUR, rule=rule)
     assert hs == refs
     assert hs[1] == Hypothesis((), (), ())
     assert hs[0].token_ids == (1, 2, 3, 4)
@@ -147,10 +212,11 @@ def test_all_rows_empty():
     assert greedy_tdt(enc[:, :0], torch.tensor([0, 0]), p, j, 5, DUR) == [Hypothesis((), (), ())] * 2
 
 
-def test_other_durations_list():
+@pytest.mark.parametrize("rule", RULES)
+def test_other_durations_list(rule):
     durs = (1, 2, 4, 8)
     enc, p, j = scripted(20, 4, 5, durs, {(0, 0): (1, 3), (8, 1): (2, 2), (12, 2): (3, 0)})
-    (h,), (r,) = run_both(enc, torch.tensor([20]), p, j, 5, durs)
+    (h,), (r,) = run_both(enc, torch.tensor([20]), p, j, 5, durs, rule=rule)
     assert h == r and h.frames == (0, 8, 12) and h.durations == (8, 4, 1)
 
 
@@ -162,14 +228,15 @@ def _rows_on_own_frames(b, t):
     return enc
 
 
-def test_rows_that_found_a_label_keep_their_own_duration():
+@pytest.mark.parametrize("rule", RULES)
+def test_rows_that_found_a_label_keep_their_own_duration(rule):
     """The NeMo 3.0 batched-CPU trap: row 0 finds each label at once while row 1 skips blanks for
     several inner iterations; row 0's recorded durations must stay its own."""
     t = 12
     script = {(0, 0): (1, 3), (3, 1): (2, 2), (5, 2): (3, 1), (t + 6, 0): (4, 2), (t + 8, 1): (2, 0), (t + 8, 2): (1, 4)}
     _, p, j = scripted(2 * t, 8, 5, DUR, script)
     enc = _rows_on_own_frames(2, t)
-    hs, refs = run_both(enc, torch.tensor([t, t]), p, j, 5, DUR)
+    hs, refs = run_both(enc, torch.tensor([t, t]), p, j, 5, DUR, rule=rule)
     assert hs == refs
     assert hs[0] == Hypothesis((1, 2, 3), (0, 3, 5), (3, 2, 1))
     assert hs[1] == Hypothesis((4, 2, 1), (6, 8, 8), (2, 0, 4))
@@ -186,18 +253,19 @@ def test_rows_that_found_a_label_keep_their_own_duration():
     zero_bias=st.floats(-2.0, 4.0),
     window=st.sampled_from([(1, 1), (2, 2), (5, 3), (32, 8), (64, 16)]),
 )
-def test_random_scripts_batched_equals_reference(seed, t, b, durations, max_symbols, blank_bias, zero_bias, window):
+@pytest.mark.parametrize("rule", RULES)
+def test_random_scripts_batched_equals_reference(rule, seed, t, b, durations, max_symbols, blank_bias, zero_bias, window):
     """Random joint tables (per row, frame and label count): blank stalls, zero-duration chains, guards;
     the CPU path's look-ahead window (rows x frames budget, max frames) from one frame to past the audio."""
     saved = decoding.WINDOW_ROWS, decoding.MAX_WINDOW
     decoding.WINDOW_ROWS, decoding.MAX_WINDOW = window
     try:
-        _random_script_case(seed, t, b, durations, max_symbols, blank_bias, zero_bias)
+        _random_script_case(seed, t, b, durations, max_symbols, blank_bias, zero_bias, rule)
     finally:
         decoding.WINDOW_ROWS, decoding.MAX_WINDOW = saved
 
 
-def _random_script_case(seed, t, b, durations, max_symbols, blank_bias, zero_bias):
+def _random_script_case(seed, t, b, durations, max_symbols, blank_bias, zero_bias, rule):
     g = torch.Generator().manual_seed(seed)
     v = 5
     table = torch.randn(b * t, 64, v + 1 + len(durations), generator=g) * 2
@@ -206,7 +274,7 @@ def _random_script_case(seed, t, b, durations, max_symbols, blank_bias, zero_bia
         table[:, :, v + 1] += zero_bias
     lengths = torch.randint(0, t + 1, (b,), generator=g)
     enc = _rows_on_own_frames(b, t)
-    hs, refs = run_both(enc, lengths, ScriptedPredictor(v), ScriptedJoint(table), v, durations, max_symbols)
+    hs, refs = run_both(enc, lengths, ScriptedPredictor(v), ScriptedJoint(table), v, durations, max_symbols, rule=rule)
     assert hs == refs
 
 
@@ -220,6 +288,8 @@ def test_bad_arguments_name_the_culprit():
         greedy_tdt(enc, torch.tensor([3]), p, j, 5, DUR, 0)
     with pytest.raises(ValueError, match="encoder_out"):
         greedy_tdt(enc[0], torch.tensor([3]), p, j, 5, DUR)
+    with pytest.raises(ValueError, match="rule='beam'"):
+        greedy_tdt(enc, torch.tensor([3]), p, j, 5, DUR, rule="beam")
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +305,8 @@ def tiny(tmp_path_factory):
     blank_bias=st.floats(-3.0, 3.0),
     zero_bias=st.floats(-2.0, 6.0),
 )
-def test_random_tiny_model_batched_equals_reference(tiny, seed, b, max_symbols, blank_bias, zero_bias):
+@pytest.mark.parametrize("rule", RULES)
+def test_random_tiny_model_batched_equals_reference(tiny, rule, seed, b, max_symbols, blank_bias, zero_bias):
     """Real LSTM state and joint; biases make blank stalls, zero-duration chains and guards common."""
     g = torch.Generator().manual_seed(seed)
     t = 20
@@ -246,5 +317,5 @@ def test_random_tiny_model_batched_equals_reference(tiny, seed, b, max_symbols, 
     with torch.no_grad():
         joint.head.bias[blank] += blank_bias
         joint.head.bias[blank + 1] += zero_bias  # durations[0] == 0
-        hs, refs = run_both(enc, lengths, tiny.predictor, joint, blank, tiny.config.durations, max_symbols)
+        hs, refs = run_both(enc, lengths, tiny.predictor, joint, blank, tiny.config.durations, max_symbols, rule=rule)
     assert hs == refs

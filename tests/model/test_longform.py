@@ -2,11 +2,14 @@ import numpy as np
 import pytest
 
 from model.records import Segment, Token, Transcript, Word
-from pipeline.longform import FRAME_SAMPLES, split_points, stitch
+from model.longform import split_points, stitch
+
+FRAME_SAMPLES = 1280  # 160 hop * 8 subsampling
+RATE = 16000
 
 
 def test_short_input_is_one_chunk():
-    assert split_points(np.zeros(1000, np.float32), 10.0) == [(0, 1000)]
+    assert split_points(np.zeros(1000, np.float32), 10.0, RATE, FRAME_SAMPLES) == [(0, 1000)]
 
 
 def test_cuts_fall_on_frame_boundaries_in_the_quietest_spot():
@@ -14,13 +17,13 @@ def test_cuts_fall_on_frame_boundaries_in_the_quietest_spot():
     wave = rng.normal(0, 0.3, 16000 * 25).astype(np.float32)
     quiet = 9 * 16000 // FRAME_SAMPLES * FRAME_SAMPLES  # a pause 9 s in
     wave[quiet : quiet + 2 * FRAME_SAMPLES] = 0.0
-    chunks = split_points(wave, 10.0)
+    chunks = split_points(wave, 10.0, RATE, FRAME_SAMPLES)
     assert chunks[0] == (0, quiet)
     assert all(s % FRAME_SAMPLES == 0 for s, _ in chunks)
     assert [e for _, e in chunks[:-1]] == [s for s, _ in chunks[1:]] and chunks[-1][1] == len(wave)
     assert all(e - s <= 10 * 16000 for s, e in chunks)
     with pytest.raises(ValueError, match="chunk_seconds"):
-        split_points(wave, 0.01)
+        split_points(wave, 0.01, RATE, FRAME_SAMPLES)
 
 
 def test_stitch_shifts_times_and_merges_a_sentence_cut_by_a_boundary():
@@ -29,7 +32,7 @@ def test_stitch_shifts_times_and_merges_a_sentence_cut_by_a_boundary():
     b = Transcript("friend. bye", (Token(3, "▁friend.", 0.1, 0.5), Token(4, "▁bye", 0.6, 0.8)),
                    (Word("friend.", 0.1, 0.5), Word("bye", 0.6, 0.8)),
                    (Segment("friend.", 0.1, 0.5), Segment("bye", 0.6, 0.8)), 1.0, (1, 7), (5, 3))
-    t = stitch([a, b], [0.0, 1.04], 2.04)
+    t = stitch([a, b], [0, 13 * FRAME_SAMPLES], 2.04, RATE, FRAME_SAMPLES)
     assert t.text == "hello there friend. bye"
     assert [x.start for x in t.tokens] == pytest.approx([0.0, 0.5, 1.14, 1.64])
     assert [s.text for s in t.segments] == ["hello there friend.", "bye"]
