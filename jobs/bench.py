@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--long-minutes", default="", help="comma-separated minutes of audio for the peak-memory runs, e.g. 10,60")
     p.add_argument("--long-context", type=int, default=128, help="limited-context attention frames each side for long audio")
+    p.add_argument("--long-mode", choices=("one-piece", "library"), default="one-piece",
+                   help="one-piece: encode + decode the whole input with limited-context attention; library: "
+                        "model.transcribe([input]) with its defaults (chunks at pauses, full attention)")
     p.add_argument("--json", default=None, help="write the results here (default: bench.json in the current folder)")
     p.set_defaults(func=run_command)
 
@@ -151,14 +154,15 @@ def measure_batch(m, batch: int, seconds: float, repeats: int) -> dict:
 def measure_long(args, minutes: float) -> dict:
     """Peak memory of a fresh process transcribing `minutes` of audio with limited-context attention."""
     cmd = [sys.executable, "-m", "jobs.bench", "--minutes", str(minutes), "--context", str(args.long_context),
-           "--precision", args.precision] + (["--model", args.model] if args.model else ["--preset", args.preset])
+           "--precision", args.precision, "--mode", args.long_mode] + (["--model", args.model] if args.model else ["--preset", args.preset])
     # glibc in the child: it hands freed memory back (malloc_trim), so the peak is the run's own; tcmalloc
     # would keep the pages freed while loading and reuse them, hiding the working set
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONPATH": os.pathsep.join(sys.path)})
     if proc.returncode != 0:
         return {"minutes": minutes, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
-    return {"minutes": minutes, "context": args.long_context, **json.loads(proc.stdout.strip().splitlines()[-1])}
+    return {"minutes": minutes, "context": args.long_context, "mode": args.long_mode,
+            **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
 def _status_mb(field: str) -> float:
@@ -176,9 +180,13 @@ def long_audio_run(args) -> dict:
 
     from model.decoding import greedy_tdt
 
-    m, _ = _load(args)
+    if args.mode == "library" and not args.model:
+        m = _with_demo_tokenizer(args)
+    else:
+        m, _ = _load(args)
     torch.set_grad_enabled(False)
-    m.set_attention_context((args.context, args.context))
+    if args.mode == "one-piece":
+        m.set_attention_context((args.context, args.context))
     x = torch.from_numpy(synthetic_audio(args.minutes * 60, 0))[None]
     gc.collect()
     try:
@@ -189,11 +197,33 @@ def long_audio_run(args) -> dict:
         f.write("5")  # reset VmHWM to the current RSS
     model_mb = _status_mb("VmRSS")
     t0 = time.perf_counter()
-    enc, el = m.encode(x, torch.tensor([x.shape[1]]))
-    c = m.config
-    h = greedy_tdt(enc, el, m.predictor, m.joint, c.blank_id, c.durations, c.max_symbols_per_step)[0]
+    if args.mode == "library":
+        tokens = len(m.transcribe([x[0]])[0].tokens)
+    else:
+        enc, el = m.encode(x, torch.tensor([x.shape[1]]))
+        c = m.config
+        tokens = len(greedy_tdt(enc, el, m.predictor, m.joint, c.blank_id, c.durations, c.max_symbols_per_step)[0].token_ids)
     wall = time.perf_counter() - t0
-    return {"peak_rss_mb": _status_mb("VmHWM"), "model_rss_mb": model_mb, "wall_s": wall, "tokens": len(h.token_ids)}
+    return {"peak_rss_mb": _status_mb("VmHWM"), "model_rss_mb": model_mb, "wall_s": wall, "tokens": tokens}
+
+
+def _with_demo_tokenizer(args):
+    """A preset's random-weight model that can produce text: the bundled demo model's tokenizer, with
+    the vocabulary (and so the joint's head) sized to it. Memory and speed are the encoder's."""
+    import dataclasses
+
+    import torch
+
+    import model
+    from jobs.transcribe import DEFAULT_MODEL
+    from model.config import preset
+
+    tok = model.Tokenizer.from_folder(DEFAULT_MODEL)
+    cfg = dataclasses.replace(preset(args.preset), vocab_size=tok.vocab_size)
+    torch.manual_seed(0)
+    m = model.ParakeetTDT(cfg, tok).eval()
+    _realistic_emissions(m)
+    return m.to({"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision])
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -226,7 +256,8 @@ def run_command(args: argparse.Namespace) -> int:
         if "error" in r:
             print(f"long audio {mins:g} min: failed: {r['error']}")
         else:
-            print(f"long audio {mins:g} min, context ±{r['context']}: peak RSS {r['peak_rss_mb']:.0f} MB "
+            how = "model.transcribe (chunked)" if r["mode"] == "library" else f"one piece, context ±{r['context']}"
+            print(f"long audio {mins:g} min, {how}: peak RSS {r['peak_rss_mb']:.0f} MB "
                   f"(model loaded: {r['model_rss_mb']:.0f} MB), {r['wall_s']:.1f} s, {r['tokens']} tokens")
     result = {"model": label, "precision": args.precision, "allocator": allocator, "params_m": params, "threads": torch.get_num_threads(), "matmul_gflops": ref,
               "seconds_per_utterance": args.seconds, "batches": rows, "long_audio": long_rows}
@@ -244,4 +275,5 @@ if __name__ == "__main__":  # the child process of measure_long
     child.add_argument("--precision", default="fp32")
     child.add_argument("--minutes", type=float, required=True)
     child.add_argument("--context", type=int, default=128)
+    child.add_argument("--mode", choices=("one-piece", "library"), default="one-piece")
     print(json.dumps(long_audio_run(child.parse_args())))

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="model weights/compute: auto = bf16 on GPU, fp32 on CPU (NeMo-equal); bf16 on CPU is ~2x "
                         "faster on AVX512-BF16/AMX CPUs, transcripts may differ slightly")
+    p.add_argument("--decoding", choices=("greedy_batch", "greedy"), default=None,
+                   help="greedy TDT rules: greedy_batch = NeMo's label looping (what Parakeet checkpoints ship), "
+                        "greedy = NeMo's GreedyTDTInfer; default: the checkpoint's decoding.strategy")
     p.add_argument("--batch-seconds", type=float, default=None, help="padded audio seconds per model call (default: 600)")
     p.add_argument("--chunk-seconds", type=float, default=None,
                    help="inputs longer than this are split at pauses and stitched (default: 300)")
@@ -83,7 +86,7 @@ def build_config(args: argparse.Namespace):
         return TranscribeConfig(
             input_uri=args.input, output_uri=args.output, model_uri=model_uri, actors=args.actors,
             gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, device=args.device,
-            precision=args.precision,
+            precision=args.precision, decoding=args.decoding,
             limit=args.limit, storage_options=options, progress=not args.no_progress, **extra,
         )
     except ValueError as e:

@@ -59,10 +59,18 @@ def split_points(waveform: np.ndarray, chunk_seconds: float, sample_rate: int, f
     return ranges
 
 
+ENERGY_BLOCK_FRAMES = 1024  # frames per float64 block (10 MB at 1280 samples a frame)
+
+
 def _frame_energy(waveform: np.ndarray, frame: int) -> np.ndarray:
+    """Mean square per encoder frame, (F,) float64, in blocks: a float64 copy of an hour of audio is 460 MB."""
     frames = len(waveform) // frame
-    x = waveform[: frames * frame].astype(np.float64).reshape(frames, frame)  # (F, frame)
-    return (x * x).mean(axis=1)
+    x = waveform[: frames * frame].reshape(frames, frame)  # (F, frame), a view
+    energy = np.empty(frames, np.float64)
+    for a in range(0, frames, ENERGY_BLOCK_FRAMES):
+        block = x[a : a + ENERGY_BLOCK_FRAMES].astype(np.float64)
+        energy[a : a + len(block)] = np.einsum("ij,ij->i", block, block) / frame
+    return energy
 
 
 def stitch(parts: list[Transcript], starts: list[int], duration_s: float, sample_rate: int, frame: int) -> Transcript:

@@ -13,9 +13,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from model.config import DECODING_STRATEGIES
+from model.longform import DEFAULT_CHUNK_SECONDS
+
 from .batching import DEFAULT_BATCH_SECONDS
 from .decode import decode_batch
-from .longform import DEFAULT_CHUNK_SECONDS
 from .progress import Progress
 from .sink import DEFAULT_ROWS_PER_FILE, SUMMARY_FILE, check_writable, commit_batch, done_uris, sweep_tmp
 from .sources import DEFAULT_EXTENSIONS, filesystem, list_inputs
@@ -39,6 +41,7 @@ class TranscribeConfig:
     cpus_per_actor: float = 1.0  # also the actor's torch thread count on CPU
     device: str = "auto"  # auto: cuda when Ray assigned a GPU, else cpu
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or fp32 / bf16 / fp16
+    decoding: str | None = None  # greedy_batch / greedy; None: the checkpoint's decoding strategy
     batch_seconds: float = DEFAULT_BATCH_SECONDS  # padded audio seconds per model call
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS  # longer inputs are chunked and stitched
     window_rows: int = 32  # inputs handed to an actor per call (sorted and batched by duration inside)
@@ -53,6 +56,8 @@ class TranscribeConfig:
     def __post_init__(self):
         if self.precision != "auto" and self.precision not in PRECISIONS:
             raise ValueError(f"precision must be auto or one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.decoding is not None and self.decoding not in DECODING_STRATEGIES:
+            raise ValueError(f"decoding must be one of {DECODING_STRATEGIES}, got {self.decoding!r}")
         for name in ("batch_seconds", "chunk_seconds", "cpus_per_actor"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -130,7 +135,7 @@ def transcribed(cfg: TranscribeConfig, ds, actors: int, gpus_per_actor: float):
         Transcriber,
         fn_constructor_kwargs=dict(
             model_uri=_absolute(cfg.model_uri), model_label=cfg.model_uri, device=cfg.device, precision=cfg.precision,
-            batch_seconds=cfg.batch_seconds, chunk_seconds=cfg.chunk_seconds,
+            batch_seconds=cfg.batch_seconds, chunk_seconds=cfg.chunk_seconds, decoding=cfg.decoding,
             num_threads=max(1, int(cfg.cpus_per_actor)), crash_once_marker=os.environ.get(CRASH_ONCE_ENV),
         ),
         compute=ray.data.ActorPoolStrategy(size=actors),

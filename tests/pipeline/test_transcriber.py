@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.decode import decode_batch
-from pipeline.longform import split_points
+from model.longform import split_points
 from pipeline.schema import TRANSCRIPT_SCHEMA
 from pipeline.transcriber import Transcriber, resolve_device
 from tests.pipeline.conftest import AUDIO, CLIPS
@@ -34,7 +34,7 @@ def test_long_input_is_chunked_and_stitched_on_one_timeline(model_dir, loaded_mo
     pause = np.zeros(8000, np.float32)
     long = np.concatenate([x for c in clips for x in (c, pause)])  # ~28 s
     chunk_s = 7.0
-    pieces = split_points(long, chunk_s)
+    pieces = split_points(long, chunk_s, 16000, 1280)
     assert len(pieces) >= 4
     batch = {"audio_uri": np.array(["long"], dtype=object), "waveform": [long], "sample_rate": np.array([16000]),
              "error": np.array([None], dtype=object)}
