@@ -51,7 +51,9 @@ def config_from_nemo(cfg: dict[str, Any]) -> ModelConfig:
     return ModelConfig(
         vocab_size=vocab,
         durations=tuple(durations),
-        max_symbols_per_step=int(_get(cfg, "decoding.greedy.max_symbols", 10) or 10),
+        # as RNNTDecoding: greedy.max_symbols, else greedy.max_symbols_per_step (its structured default, 10)
+        max_symbols_per_step=int(_get(cfg, "decoding.greedy.max_symbols", None)
+                                 or _get(cfg, "decoding.greedy.max_symbols_per_step", None) or 10),
         decoding=_strategy_from_nemo(_get(cfg, "decoding.strategy", "greedy_batch")),
         features=features,
         encoder=encoder,

@@ -23,9 +23,11 @@ What it makes (deterministic seeds; a few MB in all):
   strategy greedy (greedy_bs1).
 - tests/data/nemo/features.npz: AudioToMelSpectrogramPreprocessor outputs for every option set in
   FEATURE_CASES (three clips of different lengths in one batch).
+- tests/data/nemo/confidence.json: token and word confidences of CONFIDENCE_MODELS for every
+  confidence_cfg in confidence_cases() (NeMo's transcribe, greedy_batch, batch size 1).
 
 Only what is missing is built; `--only NAME [NAME ...]` rebuilds the named fixtures (audio, tiny_tdt,
-tiny_tdt_ff2, loss, features, or a VARIANTS name). Rebuilding the audio changes every other fixture.
+tiny_tdt_ff2, loss, features, confidence, or a VARIANTS name). Rebuilding the audio changes every other fixture.
 """
 from __future__ import annotations
 
@@ -396,6 +398,59 @@ def feature_fixtures(clips) -> None:
     np.savez_compressed(OUT / "features.npz", **out)
 
 
+# confidence_cfg cases (tests/model/test_confidence.py): every frame measure (max_prob; gibbs / tsallis /
+# renyi entropies at two alphas, lin and exp), every aggregation, TDT duration confidence on and off,
+# blanks excluded and included.
+CONFIDENCE_MODELS = ("tiny_tdt", "tiny_tdt_ms2")
+
+
+def confidence_cases() -> dict[str, dict]:
+    methods = {"max_prob_a1": {"name": "max_prob", "alpha": 1.0}, "max_prob_a05": {"name": "max_prob", "alpha": 0.5}}
+    for kind in ("gibbs", "tsallis", "renyi"):
+        for alpha in (0.33, 1.0):
+            for norm in ("lin", "exp"):
+                methods[f"{kind}_{norm}_a{alpha}"] = {"name": "entropy", "entropy_type": kind, "alpha": alpha, "entropy_norm": norm}
+    cases = {}
+    for mname, method in methods.items():
+        for exclude in (True, False):
+            for dur in (False, True):
+                cases[f"{mname}|min|excl{int(exclude)}|dur{int(dur)}"] = dict(
+                    method_cfg=method, aggregation="min", exclude_blank=exclude, tdt_include_duration=dur)
+    for agg in ("mean", "max", "prod"):
+        for exclude in (True, False):
+            cases[f"tsallis_exp_a0.33|{agg}|excl{int(exclude)}|dur1"] = dict(
+                method_cfg=methods["tsallis_exp_a0.33"], aggregation=agg, exclude_blank=exclude, tdt_include_duration=True)
+    return cases
+
+
+def confidence_fixtures(clips) -> None:
+    """NeMo's token and word confidences (`transcribe(..., return_hypotheses=True)` with `confidence_cfg`,
+    strategy greedy_batch, batch size 1) for every case of confidence_cases()."""
+    from nemo.collections.asr.models import ASRModel
+    from omegaconf import OmegaConf, open_dict
+
+    out = {"cases": confidence_cases()}
+    for name in CONFIDENCE_MODELS:
+        model = ASRModel.restore_from(str(OUT / f"{name}.nemo"), map_location="cpu").eval()
+        results = {}
+        for key, case in out["cases"].items():
+            cfg = model.cfg.decoding.copy()
+            with open_dict(cfg):
+                cfg.confidence_cfg = OmegaConf.create({**case, "preserve_frame_confidence": True,
+                                                       "preserve_token_confidence": True, "preserve_word_confidence": True})
+                # NeMo 3.0's TDT token confidence with blanks included walks hyp.alignments
+                cfg.preserve_alignments = not case["exclude_blank"]
+            model.change_decoding_strategy(cfg, verbose=False)
+            hyps = model.transcribe(list(clips), batch_size=1, return_hypotheses=True, verbose=False)
+            model.eval()
+            results[key] = [{"y_sequence": [int(x) for x in h.y_sequence.tolist()], "words": list(h.words or []),
+                             "token_confidence": [float(c) for c in h.token_confidence],
+                             "word_confidence": [float(c) for c in h.word_confidence]} for h in hyps]
+        out[name] = results
+        print(f"  confidence {name}: {len(results)} cases", flush=True)
+    (OUT / "confidence.json").write_text(json.dumps(out))
+
+
 def build_variant(nemo_asr, tok_dir: Path, name: str, rows, clips, texts) -> None:
     from omegaconf import OmegaConf, open_dict
 
@@ -456,6 +511,8 @@ def main() -> None:
         loss_fixtures()
     if want("features", OUT / "features.npz"):
         feature_fixtures(clips)
+    if want("confidence", OUT / "confidence.json"):
+        confidence_fixtures(clips)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.decode import decode_batch
 from model.longform import split_points
+from pipeline.decode import decode_batch
 from pipeline.schema import TRANSCRIPT_SCHEMA
 from pipeline.transcriber import Transcriber, resolve_device
 from tests.pipeline.conftest import AUDIO, CLIPS
@@ -46,6 +46,20 @@ def test_long_input_is_chunked_and_stitched_on_one_timeline(model_dir, loaded_mo
     starts = [t["start_s"] for t in row["tokens"]]
     assert starts == sorted(starts) and starts[-1] <= len(long) / 16000
     assert row["duration_s"] == pytest.approx(len(long) / 16000)
+
+
+@pytest.mark.parametrize("decoding, key", [(None, "bs1"), ("greedy_batch", "bs1"), ("greedy", "greedy_bs1")])
+def test_decoding_strategy_override(decoding, key):
+    """The checkpoint's strategy by default; --decoding overrides it (NeMo fixtures for both)."""
+    import json
+
+    nemo = Path(__file__).resolve().parents[1] / "data" / "nemo"
+    ref = json.loads((nemo / "tiny_tdt_ms2.json").read_text())
+    uris = [str(AUDIO / c) for c in ref["clips"]]
+    table = Transcriber(str(nemo / "tiny_tdt_ms2.nemo"), decoding=decoding)(decode_batch({"audio_uri": np.array(uris, dtype=object)}))
+    assert table.column("text").to_pylist() == [r["text"] for r in ref[key]]
+    with pytest.raises(ValueError, match="decoding='beam'"):
+        Transcriber(str(nemo / "tiny_tdt_ms2.nemo"), decoding="beam")
 
 
 def test_device_follows_the_gpus_ray_assigned():
