@@ -34,6 +34,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .confidence import BlankScores, ConfidenceConfig, step_confidence, with_blanks
+
 
 @dataclass(frozen=True)
 class Hypothesis:
@@ -42,6 +44,7 @@ class Hypothesis:
     token_ids: tuple[int, ...]
     frames: tuple[int, ...]
     durations: tuple[int, ...]
+    token_confidence: tuple[float, ...] = ()  # per token, when decoded with a ConfidenceConfig
 
 
 @torch.inference_mode()
@@ -55,10 +58,13 @@ def greedy_tdt(
     max_symbols_per_step: int = 10,
     compact: bool | None = None,
     rule: str = "greedy_batch",
+    confidence: ConfidenceConfig | None = None,
 ) -> list[Hypothesis]:
     """encoder_out (B, T, D), encoder_lengths (B,) frames -> one Hypothesis per row.
 
     `rule`: "greedy_batch" (label looping, NeMo's default) or "greedy" (GreedyTDTInfer), see above.
+    `confidence`: also score each token from the joint outputs the search evaluates (model/confidence.py);
+    blank steps are those label looping records (a stalled blank under rule "greedy" counts once).
 
     `compact`: search labels on the rows still searching only, each with a window of frames evaluated
     at once (fewer evaluations, data-dependent shapes, host syncs per step: the CPU path), or on every
@@ -84,11 +90,15 @@ def greedy_tdt(
     enc_proj = joint.project_encoder(encoder_out)  # (B, T, J), projected once
     rows = torch.arange(b, device=device)
 
-    def evaluate(time: torch.Tensor, g_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(label, duration) of every row at its current frame (the fixed-shape path)."""
+    score = (lambda logits: step_confidence(logits, blank_id, confidence)) if confidence else None
+    blanks = BlankScores(b, confidence.aggregation, device) if confidence and not confidence.exclude_blank else None
+
+    def evaluate(time: torch.Tensor, g_proj: torch.Tensor):
+        """(label, duration, score or None) of every row at its current frame (the fixed-shape path)."""
         f = enc_proj[rows, time.clamp(max=t_max - 1)]  # (B, J) each row's current frame
         logits = joint.combine(f, g_proj).float()  # (B, V + 1 + n_durations)
-        return logits[:, : blank_id + 1].argmax(-1), dur_values[logits[:, blank_id + 1 :].argmax(-1)]
+        label, dur = logits[:, : blank_id + 1].argmax(-1), dur_values[logits[:, blank_id + 1 :].argmax(-1)]
+        return label, dur, (score(logits) if score else None)
 
     sos = torch.full((b, 1), blank_id, dtype=torch.long, device=device)  # blank = start of sequence
     g, state = predictor(sos, None)
@@ -101,33 +111,40 @@ def greedy_tdt(
         active = time < lengths
         if compact:
             before = time.clone()
-            label, dur, time, symbols = _find_labels_windowed(
+            label, dur, conf, time, symbols = _find_labels_windowed(
                 enc_proj, g_proj, joint, time, symbols, lengths, active, blank_id, dur_values, max_symbols_per_step,
-                frames_per_search, looping)
+                frames_per_search, looping, score, blanks)
             walked = (time - before)[active].float()
             if walked.numel():
                 frames_per_search = 0.7 * frames_per_search + 0.3 * float(walked.mean())
         else:
-            label, dur = evaluate(time, g_proj)
+            label, dur, conf = evaluate(time, g_proj)
             # Inner loop: rows holding a blank skip ahead until they find a label or run out of frames.
             searching = active & (label == blank_id)
+            if blanks is not None:
+                blanks.add(conf, searching)
             while bool(searching.any()):
                 time, symbols = _advance(time, symbols, label, dur, searching, blank_id, max_symbols_per_step, looping)
                 searching &= time < lengths
-                new_label, new_dur = evaluate(time, g_proj)
+                new_label, new_dur, new_conf = evaluate(time, g_proj)
                 label, dur = torch.where(searching, new_label, label), torch.where(searching, new_dur, dur)
+                if score:
+                    conf = torch.where(searching, new_conf, conf)
+                    if blanks is not None:
+                        blanks.add(conf, searching & (label == blank_id))
                 searching &= label == blank_id
         emit = time < lengths  # every row still inside its audio now holds a label
         if not bool(emit.any()):
             break
-        steps.append((emit, label, time.clone(), dur))
+        extra = () if not score else (conf,) if blanks is None else (conf, *blanks.take(emit))
+        steps.append((emit, label, time.clone(), dur, *extra))
         time, symbols = _advance(time, symbols, label, dur, emit, blank_id, max_symbols_per_step, looping)
         # One prediction-network step for the batch; rows that did not emit keep their state.
         g_new, state_new = predictor(torch.where(emit, label, blank_id)[:, None], state)
         keep = emit[None, :, None]
         state = (torch.where(keep, state_new[0], state[0]), torch.where(keep, state_new[1], state[1]))
         g_proj = torch.where(emit[:, None], joint.project_predictor(g_new[:, 0]), g_proj)
-    return _collect(steps, b)
+    return _collect(steps, b, confidence, blanks)
 
 
 RULES = ("greedy_batch", "greedy")
@@ -136,7 +153,7 @@ MAX_WINDOW = 8  # frames evaluated ahead per row
 
 
 def _find_labels_windowed(enc_proj, g_proj, joint, time, symbols, lengths, active, blank_id, dur_values, max_symbols,
-                          frames_per_search: float, looping: bool):
+                          frames_per_search: float, looping: bool, score=None, blanks: BlankScores | None = None):
     """The label search of one outer step, evaluating each searching row's joint on a window of frames.
 
     While a row holds a blank its prediction-network output g is fixed, so its joint outputs at the
@@ -154,18 +171,22 @@ def _find_labels_windowed(enc_proj, g_proj, joint, time, symbols, lengths, activ
     k = max(1, min(MAX_WINDOW, WINDOW_ROWS // max(1, len(which)), math.ceil(frames_per_search + 1)))
     offsets = torch.arange(k, device=enc_proj.device)
 
-    def window(r: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def window(r: torch.Tensor, start: torch.Tensor):
         frames = (start[:, None] + offsets[None, :]).clamp(max=t_max - 1)  # (R, K)
         logits = joint.combine(enc_proj[r[:, None], frames], g_proj[r][:, None, :]).float()  # (R, K, C)
-        return logits[..., : blank_id + 1].argmax(-1), dur_values[logits[..., blank_id + 1 :].argmax(-1)]
+        label, dur = logits[..., : blank_id + 1].argmax(-1), dur_values[logits[..., blank_id + 1 :].argmax(-1)]
+        return label, dur, (score(logits) if score else torch.zeros_like(label, dtype=torch.float32))
 
     win_label = torch.full((b, k), blank_id, dtype=torch.long, device=enc_proj.device)
     win_dur = torch.zeros((b, k), dtype=torch.long, device=enc_proj.device)
+    win_conf = torch.zeros((b, k), dtype=torch.float32, device=enc_proj.device)
     start = time.clone()
     if len(which):
-        win_label[which], win_dur[which] = window(which, time[which])
-    label, dur = win_label[:, 0], win_dur[:, 0]
+        win_label[which], win_dur[which], win_conf[which] = window(which, time[which])
+    label, dur, conf = win_label[:, 0], win_dur[:, 0], win_conf[:, 0]
     searching = active & (label == blank_id)
+    if blanks is not None:
+        blanks.add(conf, searching)
     while bool(searching.any()):
         time, symbols = _advance(time, symbols, label, dur, searching, blank_id, max_symbols, looping)
         searching &= time < lengths
@@ -174,13 +195,16 @@ def _find_labels_windowed(enc_proj, g_proj, joint, time, symbols, lengths, activ
         col = off.clamp(0, k - 1)
         label = torch.where(hit, win_label[rows, col], label)
         dur = torch.where(hit, win_dur[rows, col], dur)
+        conf = torch.where(hit, win_conf[rows, col], conf)
         miss = (searching & ~hit).nonzero().squeeze(1)
         if len(miss):
-            new_label, new_dur = window(miss, time[miss])
-            win_label[miss], win_dur[miss], start[miss] = new_label, new_dur, time[miss]
-            label[miss], dur[miss] = new_label[:, 0], new_dur[:, 0]
+            new_label, new_dur, new_conf = window(miss, time[miss])
+            win_label[miss], win_dur[miss], win_conf[miss], start[miss] = new_label, new_dur, new_conf, time[miss]
+            label[miss], dur[miss], conf[miss] = new_label[:, 0], new_dur[:, 0], new_conf[:, 0]
+        if blanks is not None:
+            blanks.add(conf, searching & (label == blank_id))
         searching &= label == blank_id
-    return label, dur, time, symbols
+    return label, dur, conf, time, symbols
 
 
 def _advance(time, symbols, label, dur, mask, blank_id: int, max_symbols: int, looping: bool):
@@ -223,13 +247,26 @@ def _check_args(encoder_out, encoder_lengths, blank_id, durations, max_symbols_p
         raise ValueError(f"blank_id must be >= 0, got {blank_id}")
 
 
-def _collect(steps, b: int) -> list[Hypothesis]:
-    """Per-step (emit, label, frame, duration) tensors -> per-row tuples, with one host copy."""
+def _collect(steps, b: int, confidence: ConfidenceConfig | None = None, blanks: BlankScores | None = None) -> list[Hypothesis]:
+    """Per-step (emit, label, frame, duration[, score[, blank acc, blank count]]) tensors -> per-row
+    tuples, with one host copy. A token's blanks are those taken when the next token was emitted (or
+    left at the end)."""
     if not steps:
         return [Hypothesis((), (), ()) for _ in range(b)]
-    emit, label, frame, dur = (torch.stack(x, dim=1).cpu() for x in zip(*steps))  # each (B, steps)
+    cols = [torch.stack(x, dim=1).cpu() for x in zip(*steps)]  # each (B, steps)
+    emit, label, frame, dur = cols[:4]
+    if blanks is not None:
+        final_acc, final_n = blanks.acc.cpu(), blanks.n.cpu()
     out = []
     for i in range(b):
         m = emit[i]
-        out.append(Hypothesis(tuple(label[i][m].tolist()), tuple(frame[i][m].tolist()), tuple(dur[i][m].tolist())))
+        conf: tuple[float, ...] = ()
+        if confidence is not None:
+            scores = cols[4][i][m].tolist()
+            if blanks is not None:  # blanks taken at emission k + 1 belong to token k
+                acc = cols[5][i][m].tolist()[1:] + [float(final_acc[i])]
+                n = cols[6][i][m].tolist()[1:] + [int(final_n[i])]
+                scores = [with_blanks(sc, a, c, confidence.aggregation) for sc, a, c in zip(scores, acc, n)]
+            conf = tuple(scores)
+        out.append(Hypothesis(tuple(label[i][m].tolist()), tuple(frame[i][m].tolist()), tuple(dur[i][m].tolist()), conf))
     return out

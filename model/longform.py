@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .confidence import aggregate
 from .records import Segment, Token, Transcript, Word
 from .timestamps import SEGMENT_DELIMITERS
 
@@ -73,17 +74,20 @@ def _frame_energy(waveform: np.ndarray, frame: int) -> np.ndarray:
     return energy
 
 
-def stitch(parts: list[Transcript], starts: list[int], duration_s: float, sample_rate: int, frame: int) -> Transcript:
+def stitch(parts: list[Transcript], starts: list[int], duration_s: float, sample_rate: int, frame: int,
+           aggregation: str | None = None) -> Transcript:
     """One Transcript from chunk transcripts whose audio began at sample `starts` (multiples of `frame`).
 
     Tokens, words and segments are shifted onto the file's timeline; a segment that a chunk
     boundary cut mid-sentence (no '.', '?' or '!' at its end) is merged with the next one.
+    `aggregation`: the confidence aggregation, to score the whole input from its words (None: no score).
     """
-    tokens, words, segments, texts, frames, durations = [], [], [], [], [], []
+    tokens, words, segments, texts, frames, durations, token_conf = [], [], [], [], [], [], []
     for part, start in zip(parts, starts):
         off, frame_off = start / sample_rate, start // frame
-        tokens += [Token(t.id, t.text, t.start + off, t.end + off) for t in part.tokens]
-        words += [Word(w.text, w.start + off, w.end + off) for w in part.words]
+        tokens += [Token(t.id, t.text, t.start + off, t.end + off, t.confidence) for t in part.tokens]
+        words += [Word(w.text, w.start + off, w.end + off, w.confidence) for w in part.words]
+        token_conf += list(part.token_confidence)
         shifted = [Segment(s.text, s.start + off, s.end + off) for s in part.segments]
         if segments and shifted and not segments[-1].text.rstrip().endswith(SEGMENT_DELIMITERS):
             last, first = segments.pop(), shifted[0]
@@ -93,7 +97,12 @@ def stitch(parts: list[Transcript], starts: list[int], duration_s: float, sample
         durations += list(part.durations)
         if part.text.strip():
             texts.append(part.text.strip())
+    scores = [w.confidence for w in words if w.confidence is not None]
+    if aggregation is not None and not words:  # no timestamps: the parts' scores stand for their words
+        scores = [p.confidence for p in parts if p.confidence is not None]
     return Transcript(
         text=" ".join(texts), tokens=tuple(tokens), words=tuple(words), segments=tuple(segments),
         duration=duration_s, frames=tuple(frames), durations=tuple(durations),
+        confidence=aggregate(scores, aggregation) if aggregation is not None and scores else None,
+        token_confidence=tuple(token_conf),
     )

@@ -12,6 +12,7 @@ from .config import ModelConfig
 from .encoder import FastConformerEncoder
 from .features import LogMelFeatures
 from .joint import Joint
+from .confidence import DEFAULT_CONFIDENCE, ConfidenceConfig
 from .longform import DEFAULT_CHUNK_SECONDS
 from .predictor import PredictionNetwork
 from .records import Transcript
@@ -64,20 +65,24 @@ class ParakeetTDT(nn.Module):
         timestamps: bool = True,
         decoding: str | None = None,
         chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
+        confidence: ConfidenceConfig | None = DEFAULT_CONFIDENCE,
     ) -> list[Transcript]:
         """Transcribe audio files (any soundfile format, any rate) or 16 kHz mono arrays, in input order.
 
         Inputs longer than `chunk_seconds` are split at pauses and stitched (any length works);
-        `decoding` ("greedy_batch" / "greedy") overrides the checkpoint's decoding strategy.
+        `decoding` ("greedy_batch" / "greedy") overrides the checkpoint's decoding strategy;
+        `confidence` (a model.ConfidenceConfig, NeMo's defaults) scores tokens, words and the input; None skips it.
         """
         from .transcribe import transcribe
 
         return transcribe(self, inputs, batch_size=batch_size, timestamps=timestamps, decoding=decoding,
-                          chunk_seconds=chunk_seconds)
+                          chunk_seconds=chunk_seconds, confidence=confidence)
 
     def transcribe_waveforms(self, waveforms: torch.Tensor, lengths: torch.Tensor, timestamps: bool = True,
-                             decoding: str | None = None) -> list[Transcript]:
+                             decoding: str | None = None,
+                             confidence: ConfidenceConfig | None = DEFAULT_CONFIDENCE) -> list[Transcript]:
         """A padded batch: waveforms (B, N) float32 at 16 kHz, lengths (B,) samples (not chunked)."""
         from .transcribe import transcribe_waveforms
 
-        return transcribe_waveforms(self, waveforms, lengths, timestamps=timestamps, decoding=decoding)
+        return transcribe_waveforms(self, waveforms, lengths, timestamps=timestamps, decoding=decoding,
+                                    confidence=confidence)

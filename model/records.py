@@ -12,6 +12,7 @@ class Token:
     text: str
     start: float
     end: float
+    confidence: float | None = None  # in [0, 1] (model/confidence.py); None when not computed
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class Word:
     text: str
     start: float
     end: float
+    confidence: float | None = None  # aggregation of its tokens' confidences
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class Transcript:
     duration: float = 0.0  # seconds of audio
     frames: tuple[int, ...] = ()
     durations: tuple[int, ...] = ()
+    confidence: float | None = None  # aggregation of the words' confidences; None if not computed or no words
+    token_confidence: tuple[float, ...] = ()  # parallel to tokens (also without timestamps)
 
     @property
     def token_ids(self) -> list[int]:

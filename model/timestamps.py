@@ -19,6 +19,7 @@ import re
 import unicodedata
 from typing import Callable, Sequence
 
+from .confidence import ConfidenceConfig, aggregate, word_token_groups
 from .decoding import Hypothesis
 from .records import Segment, Token, Transcript, Word
 from .tokenizer import Tokenizer
@@ -71,13 +72,14 @@ def word_offsets(tokens: list[dict], punctuation: frozenset[str], pieces_to_text
         starts_word = piece != text or (text == WORD_DELIMITER and nxt not in punctuation)
         if starts_word and not is_punct:
             if built:
-                words.append({"word": pieces_to_text(built), "start": tokens[first]["start"], "end": tokens[i - 1]["end"]})
+                words.append({"word": pieces_to_text(built), "start": tokens[first]["start"], "end": tokens[i - 1]["end"],
+                              "first": first, "last": i - 1})
             built = []
             if text != WORD_DELIMITER:
                 built.append(piece)
                 first = i
         elif is_punct and not built and words:  # punctuation after a finished word: attach it
-            words[-1]["end"] = tok["end"]
+            words[-1]["end"], words[-1]["last"] = tok["end"], i
             if words[-1]["word"].endswith(" "):
                 words[-1]["word"] = words[-1]["word"][:-1]
             words[-1]["word"] += text
@@ -89,13 +91,16 @@ def word_offsets(tokens: list[dict], punctuation: frozenset[str], pieces_to_text
             if not built:
                 first = i
             built.append(piece)
+    last = len(tokens) - 1
     if not words:
         if built:
-            words.append({"word": pieces_to_text(built), "start": tokens[0]["start"], "end": tokens[-1]["end"]})
+            words.append({"word": pieces_to_text(built), "start": tokens[0]["start"], "end": tokens[-1]["end"],
+                          "first": 0, "last": last})
     else:
         words[0]["start"] = tokens[0]["start"]
         if built:
-            words.append({"word": pieces_to_text(built), "start": tokens[first]["start"], "end": tokens[-1]["end"]})
+            words.append({"word": pieces_to_text(built), "start": tokens[first]["start"], "end": tokens[-1]["end"],
+                          "first": first, "last": last})
     return words
 
 
@@ -123,24 +128,44 @@ def build_transcript(
     audio_seconds: float,
     punctuation: frozenset[str] | None = None,
     timestamps: bool = True,
+    confidence: ConfidenceConfig | None = None,
 ) -> Transcript:
-    """Hypothesis -> Transcript record with times in seconds (frame * window_stride * subsampling)."""
+    """Hypothesis -> Transcript record with times in seconds (frame * window_stride * subsampling).
+    With `confidence` (and hyp.token_confidence filled by the decoder), tokens, words and the
+    utterance carry confidences (model/confidence.py)."""
     if punctuation is None:
         punctuation = supported_punctuation(tokenizer.pieces)
     text = clean_text(tokenizer.decode(list(hyp.token_ids)), punctuation)
+    tok_conf = hyp.token_confidence if confidence is not None else ()
+    word_conf = _word_confidences(hyp, tokenizer, confidence) if tok_conf else []
+    utt_conf = aggregate(word_conf, confidence.aggregation) if word_conf else None
     if not timestamps:
-        return Transcript(text=text, duration=audio_seconds, frames=hyp.frames, durations=hyp.durations)
+        return Transcript(text=text, duration=audio_seconds, frames=hyp.frames, durations=hyp.durations,
+                          confidence=utt_conf, token_confidence=tok_conf)
     sec = lambda frames: frames * window_stride * subsampling_factor  # noqa: E731  (NeMo's order of operations)
     toks = token_offsets(hyp, tokenizer, punctuation)
     pieces_to_text = lambda pieces: tokenizer.decode([tokenizer.piece_to_id(p) for p in pieces])  # noqa: E731
     words = word_offsets(toks, punctuation, pieces_to_text)
     segs = segment_offsets(words)
+    if word_conf and len(word_conf) != len(words):  # NeMo raises here; we fall back to our words' token spans
+        word_conf = [aggregate(tok_conf[w["first"] : w["last"] + 1], confidence.aggregation) for w in words]
+        utt_conf = aggregate(word_conf, confidence.aggregation) if word_conf else None
+    tc = tok_conf or (None,) * len(toks)
+    wc = word_conf or (None,) * len(words)
     return Transcript(
         text=text,
-        tokens=tuple(Token(t["id"], t["text"], sec(t["start"]), sec(t["end"])) for t in toks),
-        words=tuple(Word(w["word"], sec(w["start"]), sec(w["end"])) for w in words),
+        tokens=tuple(Token(t["id"], t["text"], sec(t["start"]), sec(t["end"]), c) for t, c in zip(toks, tc)),
+        words=tuple(Word(w["word"], sec(w["start"]), sec(w["end"]), c) for w, c in zip(words, wc)),
         segments=tuple(Segment(s["segment"], sec(s["start"]), sec(s["end"])) for s in segs),
         duration=audio_seconds,
         frames=hyp.frames,
         durations=hyp.durations,
+        confidence=utt_conf,
+        token_confidence=tok_conf,
     )
+
+
+def _word_confidences(hyp: Hypothesis, tokenizer: Tokenizer, confidence: ConfidenceConfig) -> list[float]:
+    """NeMo's word confidences: its SentencePiece word grouping over the token confidences."""
+    groups = word_token_groups(hyp.token_ids, tokenizer.pieces, tokenizer.decode)
+    return [aggregate([hyp.token_confidence[i] for i in g], confidence.aggregation) for g in groups]

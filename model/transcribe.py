@@ -9,6 +9,7 @@ import soundfile as sf
 import torch
 
 from .audio import decode_audio
+from .confidence import DEFAULT_CONFIDENCE, ConfidenceConfig
 from .config import DECODING_STRATEGIES
 from .decoding import greedy_tdt
 from .longform import DEFAULT_CHUNK_SECONDS, chunk_limit, frame_samples, split_points, stitch
@@ -29,19 +30,22 @@ def decoding_rule(m: "ParakeetTDT", decoding: str | None) -> str:
 
 @torch.inference_mode()
 def transcribe_waveforms(m: "ParakeetTDT", waveforms: torch.Tensor, lengths: torch.Tensor, timestamps: bool = True,
-                         decoding: str | None = None) -> list[Transcript]:
-    """A padded batch: waveforms (B, N) float32 at the model rate, lengths (B,) samples. Not chunked."""
+                         decoding: str | None = None,
+                         confidence: ConfidenceConfig | None = DEFAULT_CONFIDENCE) -> list[Transcript]:
+    """A padded batch: waveforms (B, N) float32 at the model rate, lengths (B,) samples. Not chunked.
+    `confidence=None` skips the confidence scores."""
     if m.tokenizer is None:
         raise ValueError("this model has no tokenizer: it cannot produce text")
     cfg = m.config
     rule = decoding_rule(m, decoding)
     enc, enc_lengths = m.encode(waveforms, lengths)
     hyps = greedy_tdt(enc, enc_lengths, m.predictor, m.joint, cfg.blank_id, cfg.durations, cfg.max_symbols_per_step,
-                      rule=rule)
+                      rule=rule, confidence=confidence)
     punct = _punctuation(m)
     stride = cfg.features.hop_length / cfg.features.sample_rate  # 0.01 s, NeMo's window_stride
     return [
-        build_transcript(h, m.tokenizer, stride, cfg.encoder.subsampling_factor, int(n) / cfg.features.sample_rate, punct, timestamps)
+        build_transcript(h, m.tokenizer, stride, cfg.encoder.subsampling_factor, int(n) / cfg.features.sample_rate, punct,
+                         timestamps, confidence)
         for h, n in zip(hyps, lengths.tolist())
     ]
 
@@ -85,7 +89,8 @@ def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def transcribe(m: "ParakeetTDT", inputs: Sequence, batch_size: int = 16, timestamps: bool = True,
-               decoding: str | None = None, chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS) -> list[Transcript]:
+               decoding: str | None = None, chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
+               confidence: ConfidenceConfig | None = DEFAULT_CONFIDENCE) -> list[Transcript]:
     """Files (path or bytes, any soundfile format/rate) or 1-D 16 kHz arrays -> Transcripts, in input order.
 
     Inputs are sorted by length so each batch pads little; results are returned in input order.
@@ -95,6 +100,7 @@ def transcribe(m: "ParakeetTDT", inputs: Sequence, batch_size: int = 16, timesta
     length, transcribed one chunk per call and stitched onto one timeline (model/longform.py): memory
     is the input's waveform plus one chunk's activations, whatever its length.
     `decoding`: "greedy_batch" or "greedy" overrides the checkpoint's strategy (config.decoding).
+    `confidence`: how tokens, words and utterances are scored (NeMo's defaults); None skips it.
     """
     if isinstance(inputs, (str, os.PathLike, bytes, np.ndarray, torch.Tensor)):
         raise TypeError("transcribe takes a list of inputs; wrap a single input in a list")
@@ -114,21 +120,23 @@ def transcribe(m: "ParakeetTDT", inputs: Sequence, batch_size: int = 16, timesta
         fits = [i for i in idx if limit is None or len(arrays[i]) <= limit]  # a header may understate the length
         if fits:
             batch, lengths = _pad([arrays[i] for i in fits])
-            for i, t in zip(fits, transcribe_waveforms(m, batch, lengths, timestamps, rule)):
+            for i, t in zip(fits, transcribe_waveforms(m, batch, lengths, timestamps, rule, confidence)):
                 results[i] = t
         for i in set(idx) - set(fits):
-            results[i] = _transcribe_long(m, arrays.pop(i), chunk_seconds, timestamps, rule)
+            results[i] = _transcribe_long(m, arrays.pop(i), chunk_seconds, timestamps, rule, confidence)
     for i in order[len(short):]:
-        results[i] = _transcribe_long(m, _to_array(items[i], sr), chunk_seconds, timestamps, rule)
+        results[i] = _transcribe_long(m, _to_array(items[i], sr), chunk_seconds, timestamps, rule, confidence)
     return results  # type: ignore[return-value]
 
 
-def _transcribe_long(m: "ParakeetTDT", wave: np.ndarray, chunk_seconds: float, timestamps: bool, rule: str) -> Transcript:
+def _transcribe_long(m: "ParakeetTDT", wave: np.ndarray, chunk_seconds: float, timestamps: bool, rule: str,
+                     confidence: ConfidenceConfig | None) -> Transcript:
     """One long input: chunks cut at pauses (frame-aligned), one model call each, stitched."""
     sr, frame = m.config.features.sample_rate, frame_samples(m.config)
     pieces = split_points(wave, chunk_seconds, sr, frame)
     parts = []
     for a, b in pieces:
         batch, lengths = _pad([wave[a:b]])
-        parts += transcribe_waveforms(m, batch, lengths, timestamps, rule)
-    return stitch(parts, [a for a, _ in pieces], len(wave) / sr, sr, frame)
+        parts += transcribe_waveforms(m, batch, lengths, timestamps, rule, confidence)
+    return stitch(parts, [a for a, _ in pieces], len(wave) / sr, sr, frame,
+                  confidence.aggregation if confidence is not None else None)
