@@ -32,9 +32,13 @@ def test_order_restored_and_batching_does_not_change_results(tiny, tmp_path):
     path = tmp_path / "clip.flac"
     sf.write(path, clips[2], SR)  # lossless: decodes to the same samples up to FLAC's 16-bit grid
     inputs = [clips[0], torch.from_numpy(clips[1]), str(path), clips[3], clips[4]]
-    one_by_one = [transcribe(tiny, [x], batch_size=1)[0] for x in inputs]
+    one_by_one = [transcribe(tiny, [x], batch_size=1, confidence=None)[0] for x in inputs]
+    scored = [transcribe(tiny, [x], batch_size=1)[0] for x in inputs]
     for bs in (2, 16):
-        assert transcribe(tiny, inputs, batch_size=bs) == one_by_one
+        assert transcribe(tiny, inputs, batch_size=bs, confidence=None) == one_by_one
+        batched = transcribe(tiny, inputs, batch_size=bs)
+        # confidences come from the same logits up to the batch's float rounding
+        assert [t.token_confidence for t in batched] == [pytest.approx(t.token_confidence, abs=1e-5) for t in scored]
     assert sum(len(t.tokens) for t in one_by_one) > 5  # not vacuous
     assert [t.duration for t in one_by_one] == [n / SR for n in (12000, 3000, 16000, 800, 7000)]
 
