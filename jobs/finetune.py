@@ -23,8 +23,13 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="checkpoint to start from (.nemo, folder, URI, hub id); keeps its tokenizer")
     src.add_argument("--preset", help="train from scratch with this architecture (trains a SentencePiece tokenizer on TRAIN)")
-    p.add_argument("--train", required=True, help="training manifest (Parquet/CSV/JSONL: audio_uri, text[, duration_s])")
-    p.add_argument("--val", default=None, help="validation manifest (WER/CER each epoch; picks the best checkpoint)")
+    p.add_argument("--train", required=True,
+                   help="training manifest (Parquet/CSV/JSONL: audio_uri, text[, duration_s]) or a `parakeet-ray "
+                        "transcribe` OUTPUT (pseudo-labels; its error rows are never used)")
+    p.add_argument("--where", default=None,
+                   help='keep only the --train rows matching this DuckDB condition over the `transcripts` view, e.g. '
+                        '"confidence >= 0.9 AND duration_s BETWEEN 1 AND 30"')
+    p.add_argument("--val", default=None, help="validation manifest or transcribe OUTPUT (WER/CER each epoch; picks the best checkpoint)")
     p.add_argument("--output", required=True, help="folder or URI for checkpoints and metrics")
     p.add_argument("--address", default=None, help="Ray cluster address ('auto', 'ray://...'); default: a local Ray")
     p.add_argument("--workers", type=int, default=1, help="data-parallel workers (default 1)")
@@ -51,7 +56,7 @@ def _config(args) -> "TrainConfig":
     from jobs.train_loop import TrainConfig
 
     options = json.loads(args.storage_options) if args.storage_options else {}
-    kw = dict(train=args.train, val=args.val, output=args.output, model=args.model, preset=args.preset,
+    kw = dict(train=args.train, val=args.val, where=args.where, output=args.output, model=args.model, preset=args.preset,
               vocab_size=args.vocab_size, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
               warmup_steps=args.warmup_steps, batch_seconds=args.batch_seconds, sigma=args.sigma, omega=args.omega,
               fused_loss=not args.materialise_logits, storage_options=options)
@@ -113,10 +118,94 @@ def train_func(config: dict) -> None:
               wrap=lambda net: ray.train.torch.prepare_model(net), should_fail=should_fail)
 
 
+SELECTED = "train_selected.parquet"  # the rows a run trains on, when --train is a transcribe OUTPUT or --where is given
+SELECTION = "train_selection.json"  # how they were chosen, and how many rows each rule dropped
+
+
+def select_training_rows(cfg):
+    """Resolve --train / --val that are transcribe OUTPUTs, and --where, into manifests under OUTPUT.
+
+    A transcribe OUTPUT trains on its successful rows (`error IS NULL`, non-empty text) that match
+    `cfg.where`; a manifest is filtered by `cfg.where` the same way (its columns form the `transcripts`
+    view). The selection is written to OUTPUT/train_selected.parquet (what every worker reads) with
+    its counts in OUTPUT/train_selection.json.
+    """
+    import fsspec
+
+    from jobs.query import QueryError, connect, run_sql
+    from pipeline.sources import InputError, read_manifest_table
+
+    fs, root = fsspec.core.url_to_fs(cfg.output, **cfg.storage_options)
+    changes = {}
+    for field_name, where in (("train", cfg.where), ("val", None)):
+        source = getattr(cfg, field_name)
+        if source is None or (not _is_transcribe_output(source, cfg.storage_options) and where is None):
+            continue
+        if _is_transcribe_output(source, cfg.storage_options):
+            try:
+                con = connect(source, cfg.storage_options)
+            except QueryError as e:
+                raise InputError(str(e)) from e
+            total = con.execute("SELECT count(*) FROM transcripts").fetchall()[0][0]
+            errors = con.execute("SELECT count(*) FROM transcripts WHERE error IS NOT NULL").fetchall()[0][0]
+            usable = "error IS NULL AND text IS NOT NULL AND trim(text) <> ''"
+        else:
+            import duckdb
+
+            con = duckdb.connect()
+            con.register("transcripts", read_manifest_table(source, cfg.storage_options))
+            total, errors, usable = con.execute("SELECT count(*) FROM transcripts").fetchall()[0][0], 0, "TRUE"
+        columns = [r[0] for r in con.execute("DESCRIBE transcripts").fetchall()]
+        if "text" not in columns:
+            raise InputError(f"--{field_name} {source} has no 'text' column (columns: {columns})")
+        empty = con.execute(f"SELECT count(*) FROM transcripts WHERE NOT ({usable})").fetchall()[0][0] - errors
+        wanted = "audio_uri, text" + (", duration_s" if "duration_s" in columns else "")
+        sql = f"SELECT {wanted} FROM transcripts WHERE {usable}"
+        if where:
+            sql += f" AND ({where})"
+        try:
+            table = run_sql(con, sql + " ORDER BY audio_uri")
+        except QueryError as e:
+            raise InputError(f"--where {where!r}: {e}") from e
+        kept = table.num_rows
+        if not kept:
+            raise InputError(f"--{field_name} {source}: no rows left to train on ({total} rows, {errors} errors"
+                             + (f", --where {where!r}" if where else "") + ")")
+        name = SELECTED if field_name == "train" else f"val_{SELECTED}"
+        import pyarrow.parquet as pq
+
+        with fs.open(f"{root}/{name}", "wb") as f:
+            pq.write_table(table, f)
+        counts = {"source": source, "where": where, "rows": total, "error_rows": errors, "empty_text_rows": empty,
+                  "filtered_out": total - errors - empty - kept, "selected": kept}
+        changes[field_name] = (cfg.output.rstrip("/") + "/" + name, counts)
+        print(f"{field_name}: {kept} of {total} rows from {source} ({errors} error rows never used"
+              + (f", {counts['filtered_out']} not matching --where" if where else "") + ")")
+    if not changes:
+        return cfg
+    with fs.open(f"{root}/{SELECTION}", "w") as f:
+        f.write(json.dumps({k: v[1] for k, v in changes.items()}, indent=2))
+    return dataclasses.replace(cfg, **{k: v[0] for k, v in changes.items()})
+
+
+def _is_transcribe_output(uri: str, storage_options: dict) -> bool:
+    """A folder with transcripts/*.parquet (what `parakeet-ray transcribe` writes)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
+    return fs.isdir(f"{path.rstrip('/')}/transcripts") and bool(fs.glob(f"{path.rstrip('/')}/transcripts/*.parquet"))
+
+
 def run_command(args: argparse.Namespace) -> int:
+    from pipeline.sources import InputError
+
     cfg = _config(args)
-    return run(cfg, address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-               cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures)
+    try:
+        return run(cfg, address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                   cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures)
+    except InputError as e:
+        print(f"parakeet-ray finetune: error: {e}", file=sys.stderr)
+        return 2
 
 
 def run(cfg, address: str | None = None, workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
@@ -126,10 +215,11 @@ def run(cfg, address: str | None = None, workers: int = 1, gpus_per_worker: floa
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True)
     fs, root = fsspec.core.url_to_fs(cfg.output, **cfg.storage_options)
     fs.makedirs(root, exist_ok=True)
+    cfg = select_training_rows(cfg)  # before Ray starts: a bad --where or an empty selection fails at once
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True)
     storage = cfg.output.rstrip("/") + "/_ray"
     if "://" not in storage:
         storage = os.path.abspath(storage)

@@ -91,9 +91,15 @@ def connect(output: str, storage_options: dict[str, Any] | None = None):
         con.register_filesystem(fs)
         files = [f"{protocol}://{p}" for p in files]
     listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    con.execute(f"CREATE VIEW transcripts AS SELECT * FROM read_parquet([{listing}])")
+    # union_by_name: files written before a column existed (confidence) read it as null
+    con.execute(f"CREATE VIEW _files AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")
+    types = {name: str(kind) for name, kind, *_ in con.execute("DESCRIBE _files").fetchall()}
+    utterance = "" if "confidence" in types else ", CAST(NULL AS FLOAT) AS confidence"
+    con.execute(f"CREATE VIEW transcripts AS SELECT *{utterance} FROM _files")
+    word_conf = "w.confidence" if "confidence" in types.get("words", "") else "CAST(NULL AS FLOAT)"
     con.execute(
-        "CREATE VIEW words AS SELECT audio_uri, word_index, w.word AS word, w.start_s AS start_s, w.end_s AS end_s "
+        f"CREATE VIEW words AS SELECT audio_uri, word_index, w.word AS word, w.start_s AS start_s, w.end_s AS end_s, "
+        f"{word_conf} AS confidence "
         "FROM (SELECT audio_uri, UNNEST(words) AS w, UNNEST(range(len(words))) AS word_index FROM transcripts WHERE error IS NULL)"
     )
     con.execute(
@@ -181,12 +187,16 @@ def search(con, phrase: str, limit: int = 50) -> list[dict[str, Any]]:
                                             [f"%{w}%" for w in target]).fetchall()]
     hits: list[dict[str, Any]] = []
     for uri in candidates:
-        words = con.execute("SELECT word, start_s, end_s FROM words WHERE audio_uri = ? ORDER BY word_index", [uri]).fetchall()
+        words = con.execute("SELECT word, start_s, end_s, confidence FROM words WHERE audio_uri = ? ORDER BY word_index",
+                            [uri]).fetchall()
         norm = [normalise(w[0]) for w in words]
         for i in range(len(words) - len(target) + 1):
             if norm[i : i + len(target)] == target:
                 lo, hi = max(0, i - 5), min(len(words), i + len(target) + 5)
+                scores = [w[3] for w in words[i : i + len(target)]]
                 hits.append({"audio_uri": uri, "start_s": round(words[i][1], 3), "end_s": round(words[i + len(target) - 1][2], 3),
+                             # the least sure word of the phrase; null for outputs made without confidence
+                             "confidence": round(min(scores), 4) if None not in scores else None,
                              "context": " ".join(w[0] for w in words[lo:hi])})
                 if len(hits) >= limit:
                     return hits

@@ -73,7 +73,7 @@ def to_vtt(row: dict[str, Any]) -> str:
 
 
 def to_json(row: dict[str, Any]) -> str:
-    keep = ("audio_uri", "duration_s", "text", "words", "segments", "model")
+    keep = ("audio_uri", "duration_s", "text", "confidence", "words", "segments", "model")  # words carry confidence
     return json.dumps({k: row.get(k) for k in keep}, ensure_ascii=False, indent=1)
 
 

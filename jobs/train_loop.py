@@ -25,9 +25,10 @@ TRAINER_STATE = "trainer_state.pt"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    train: str  # manifest URI (audio_uri, text[, duration_s])
+    train: str  # manifest URI (audio_uri, text[, duration_s]) or a transcribe OUTPUT (jobs/finetune.py selects)
     output: str  # folder or URI: OUTPUT/best, OUTPUT/last, OUTPUT/metrics.jsonl
     val: str | None = None
+    where: str | None = None  # DuckDB condition over the train rows (applied by the driver before training)
     model: str | None = None  # start from this checkpoint (keeps its tokenizer) ...
     preset: str | None = None  # ... or from scratch with this architecture (trains a tokenizer on TRAIN)
     vocab_size: int = 128  # tokenizer size when training from scratch
@@ -161,7 +162,7 @@ def train(cfg: TrainConfig, report: Callable[[dict[str, Any], str | None], None]
             losses.append(loss.item())
             should_fail(step)
         epoch += 1
-        metrics = {"epoch": epoch, "step": step, "train_loss": sum(losses) / max(1, len(losses)),
+        metrics = {"epoch": epoch, "step": step, "train_utterances": len(train_utts), "train_loss": sum(losses) / max(1, len(losses)),
                    "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm), "epoch_s": time.perf_counter() - t0}
         ckpt = None
         if rank == 0:

@@ -44,6 +44,18 @@ def register(subparsers) -> None:
     p.add_argument("--decoding", choices=("greedy_batch", "greedy"), default=None,
                    help="greedy TDT rules: greedy_batch = NeMo's label looping (what Parakeet checkpoints ship), "
                         "greedy = NeMo's GreedyTDTInfer; default: the checkpoint's decoding.strategy")
+    c = p.add_argument_group("confidence", "per token, word and file scores in [0, 1], as NeMo's decoding.confidence_cfg")
+    c.add_argument("--confidence", choices=("entropy", "max_prob", "none"), default="entropy",
+                   help="frame measure (NeMo method_cfg.name); none: no scores (default: entropy)")
+    c.add_argument("--confidence-entropy-type", choices=("gibbs", "tsallis", "renyi"), default="tsallis")
+    c.add_argument("--confidence-alpha", type=float, default=0.33, help="power of the probabilities, > 0 (default 0.33)")
+    c.add_argument("--confidence-entropy-norm", choices=("lin", "exp"), default="exp")
+    c.add_argument("--confidence-aggregation", choices=("mean", "min", "max", "prod"), default="min",
+                   help="tokens -> words -> file (default: min)")
+    c.add_argument("--confidence-include-blank", action="store_true",
+                   help="score tokens with the blank steps after them (NeMo exclude_blank: false)")
+    c.add_argument("--confidence-tdt-duration", action="store_true",
+                   help="also score the duration prediction (NeMo tdt_include_duration)")
     p.add_argument("--batch-seconds", type=float, default=None, help="padded audio seconds per model call (default: 600)")
     p.add_argument("--chunk-seconds", type=float, default=None,
                    help="inputs longer than this are split at pauses and stitched (default: 300)")
@@ -85,12 +97,26 @@ def build_config(args: argparse.Namespace):
     try:
         return TranscribeConfig(
             input_uri=args.input, output_uri=args.output, model_uri=model_uri, actors=args.actors,
+            confidence=confidence_config(args),
             gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, device=args.device,
             precision=args.precision, decoding=args.decoding,
             limit=args.limit, storage_options=options, progress=not args.no_progress, **extra,
         )
     except ValueError as e:
         raise UsageError(str(e)) from e
+
+
+def confidence_config(args: argparse.Namespace):
+    """--confidence* -> model.ConfidenceConfig, or None for --confidence none."""
+    from model.confidence import ConfidenceConfig
+
+    if args.confidence == "none":
+        return None
+    return ConfidenceConfig(
+        name=args.confidence, entropy_type=args.confidence_entropy_type, alpha=args.confidence_alpha,
+        entropy_norm=args.confidence_entropy_norm, aggregation=args.confidence_aggregation,
+        exclude_blank=not args.confidence_include_blank, tdt_include_duration=args.confidence_tdt_duration,
+    )
 
 
 def connect(address: str | None) -> bool:

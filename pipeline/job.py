@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from model.confidence import DEFAULT_CONFIDENCE, ConfidenceConfig
 from model.config import DECODING_STRATEGIES
 from model.longform import DEFAULT_CHUNK_SECONDS
 
@@ -42,6 +43,7 @@ class TranscribeConfig:
     device: str = "auto"  # auto: cuda when Ray assigned a GPU, else cpu
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or fp32 / bf16 / fp16
     decoding: str | None = None  # greedy_batch / greedy; None: the checkpoint's decoding strategy
+    confidence: ConfidenceConfig | None = DEFAULT_CONFIDENCE  # None: no confidence scores
     batch_seconds: float = DEFAULT_BATCH_SECONDS  # padded audio seconds per model call
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS  # longer inputs are chunked and stitched
     window_rows: int = 32  # inputs handed to an actor per call (sorted and batched by duration inside)
@@ -136,6 +138,7 @@ def transcribed(cfg: TranscribeConfig, ds, actors: int, gpus_per_actor: float):
         fn_constructor_kwargs=dict(
             model_uri=_absolute(cfg.model_uri), model_label=cfg.model_uri, device=cfg.device, precision=cfg.precision,
             batch_seconds=cfg.batch_seconds, chunk_seconds=cfg.chunk_seconds, decoding=cfg.decoding,
+            confidence=cfg.confidence,
             num_threads=max(1, int(cfg.cpus_per_actor)), crash_once_marker=os.environ.get(CRASH_ONCE_ENV),
         ),
         compute=ray.data.ActorPoolStrategy(size=actors),

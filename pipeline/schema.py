@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-TOKEN = pa.struct([("id", pa.int32()), ("text", pa.string()), ("start_s", pa.float32()), ("end_s", pa.float32())])
-WORD = pa.struct([("word", pa.string()), ("start_s", pa.float32()), ("end_s", pa.float32())])
+# `confidence` (in [0, 1], model/confidence.py) is null when the job ran with --confidence none; outputs
+# written before it existed lack the fields, and the query views read both (jobs/query.py).
+TOKEN = pa.struct([("id", pa.int32()), ("text", pa.string()), ("start_s", pa.float32()), ("end_s", pa.float32()),
+                   ("confidence", pa.float32())])
+WORD = pa.struct([("word", pa.string()), ("start_s", pa.float32()), ("end_s", pa.float32()), ("confidence", pa.float32())])
 SEGMENT = pa.struct([("text", pa.string()), ("start_s", pa.float32()), ("end_s", pa.float32())])
 
 TRANSCRIPT_SCHEMA = pa.schema(
@@ -16,6 +19,7 @@ TRANSCRIPT_SCHEMA = pa.schema(
         pa.field("tokens", pa.list_(TOKEN)),
         pa.field("words", pa.list_(WORD)),
         pa.field("segments", pa.list_(SEGMENT)),
+        pa.field("confidence", pa.float32()),  # the utterance's: aggregation of its words'; null without words
         pa.field("model", pa.string()),  # the --model the row was made with
         pa.field("error", pa.string()),  # null on success, else "<Kind>: reason"
         pa.field("processed_at", pa.timestamp("us", tz="UTC")),
@@ -33,9 +37,11 @@ def transcript_row(audio_uri: str, transcript, sample_rate: int, model: str, pro
         "duration_s": float(transcript.duration),
         "sample_rate": int(sample_rate),
         "text": transcript.text,
-        "tokens": [{"id": t.id, "text": t.text, "start_s": t.start, "end_s": t.end} for t in transcript.tokens],
-        "words": [{"word": w.text, "start_s": w.start, "end_s": w.end} for w in transcript.words],
+        "tokens": [{"id": t.id, "text": t.text, "start_s": t.start, "end_s": t.end, "confidence": t.confidence}
+                   for t in transcript.tokens],
+        "words": [{"word": w.text, "start_s": w.start, "end_s": w.end, "confidence": w.confidence} for w in transcript.words],
         "segments": [{"text": s.text, "start_s": s.start, "end_s": s.end} for s in transcript.segments],
+        "confidence": transcript.confidence,
         "model": model,
         "error": None,
         "processed_at": processed_at,
@@ -46,7 +52,8 @@ def error_row(audio_uri: str, error: str, model: str, processed_at, duration_s=N
     """A row for an input that could not be transcribed: `error` says why, text is null."""
     return {
         "audio_uri": audio_uri, "duration_s": duration_s, "sample_rate": sample_rate, "text": None,
-        "tokens": None, "words": None, "segments": None, "model": model, "error": error, "processed_at": processed_at,
+        "tokens": None, "words": None, "segments": None, "confidence": None, "model": model, "error": error,
+        "processed_at": processed_at,
     }
 
 

@@ -16,6 +16,7 @@ import pyarrow as pa
 import torch
 
 import model
+from model.confidence import DEFAULT_CONFIDENCE
 from model.longform import DEFAULT_CHUNK_SECONDS, frame_samples, split_points, stitch
 from model.transcribe import decoding_rule
 
@@ -78,6 +79,7 @@ class Transcriber:
     to each row's `model` column. batch_seconds: padded audio seconds per model call.
     chunk_seconds: inputs longer than this are split at quiet points and stitched (model/longform.py).
     decoding: "greedy_batch" / "greedy" overrides the checkpoint's decoding strategy (None keeps it).
+    confidence: how tokens, words and utterances are scored (model.ConfidenceConfig); None: not at all.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class Transcriber:
         crash_once_marker: str | None = None,
         model_label: str | None = None,
         decoding: str | None = None,
+        confidence: model.ConfidenceConfig | None = DEFAULT_CONFIDENCE,
     ):
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -99,6 +102,7 @@ class Transcriber:
         self.precision = resolve_precision(precision, self.device)
         self.model = model.load(model_uri, device=self.device, dtype=self.precision)
         self.decoding = decoding_rule(self.model, decoding)
+        self.confidence = confidence
         self.sample_rate = self.model.config.features.sample_rate
         self.frame = frame_samples(self.model.config)
         self.model_label = model_label or model_uri
@@ -164,7 +168,8 @@ class Transcriber:
             elif len(mine) == 1:
                 results[i] = out[mine[0]]
             else:
-                results[i] = stitch([out[k] for k in mine], [pieces[k][1] for k in mine], len(w) / sr, sr, frame)
+                results[i] = stitch([out[k] for k in mine], [pieces[k][1] for k in mine], len(w) / sr, sr, frame,
+                                    self.confidence.aggregation if self.confidence is not None else None)
         return results
 
     def _run(self, arrays: list[np.ndarray]) -> list[model.Transcript | Exception]:
@@ -183,4 +188,4 @@ class Transcriber:
         waveforms = torch.zeros(len(arrays), int(lengths.max()))  # (B, N)
         for row, a in enumerate(arrays):
             waveforms[row, : len(a)].numpy()[:] = a  # via numpy: Arrow-backed arrays are read-only
-        return self.model.transcribe_waveforms(waveforms, lengths, decoding=self.decoding)
+        return self.model.transcribe_waveforms(waveforms, lengths, decoding=self.decoding, confidence=self.confidence)

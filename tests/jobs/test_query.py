@@ -112,3 +112,59 @@ def test_helpers():
     taken = set()
     assert export_name("s3://b/a/x.wav", "srt", taken) == "x.srt"
     assert export_name("s3://b/other/x.wav", "srt", taken).startswith("x-")
+
+
+def _without_confidence(table):
+    """The same rows as an output written before confidence existed (no confidence fields anywhere)."""
+    import pyarrow as pa
+
+    old_token = pa.struct([("id", pa.int32()), ("text", pa.string()), ("start_s", pa.float32()), ("end_s", pa.float32())])
+    old_word = pa.struct([("word", pa.string()), ("start_s", pa.float32()), ("end_s", pa.float32())])
+    rows = table.drop_columns(["confidence"]).to_pylist()
+    for r in rows:
+        for key in ("tokens", "words"):
+            if r[key] is not None:
+                r[key] = [{k: v for k, v in x.items() if k != "confidence"} for x in r[key]]
+    fields = [f if f.name not in ("tokens", "words") else pa.field(f.name, pa.list_(old_token if f.name == "tokens" else old_word))
+              for f in table.schema if f.name != "confidence"]
+    return pa.Table.from_pylist(rows, schema=pa.schema(fields))
+
+
+def test_outputs_from_before_confidence_still_read(output, tmp_path, capsys):
+    """Old files (no confidence columns) next to new ones, as a job resumed into an old OUTPUT leaves them;
+    and an OUTPUT holding only old files."""
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    table = ds.dataset(str(output / "transcripts")).to_table()
+    half = table.num_rows // 2
+    mixed, old_only = tmp_path / "mixed" / "transcripts", tmp_path / "old" / "transcripts"
+    mixed.mkdir(parents=True)
+    old_only.mkdir(parents=True)
+    pq.write_table(table.slice(0, half), mixed / "part-new.parquet")
+    pq.write_table(_without_confidence(table.slice(half)), mixed / "part-old.parquet")
+    pq.write_table(_without_confidence(table), old_only / "part-old.parquet")
+    new_scored = sum(r["confidence"] is not None for r in table.slice(0, half).to_pylist())
+    for out, scored in ((mixed.parent, True), (old_only.parent, False)):
+        sql = "SELECT count(*) AS n, count(confidence) AS scored FROM transcripts"
+        assert main(["query", str(out), sql, "--format", "json"]) == 0
+        counts = json.loads(capsys.readouterr().out)
+        assert counts["n"] == 9
+        assert counts["scored"] == (new_scored if scored else 0)
+        assert main(["query", str(out), "SELECT count(confidence) AS c, count(*) AS n FROM words", "--format", "json"]) == 0
+        words = json.loads(capsys.readouterr().out)
+        assert words["n"] > 0 and (0 < words["c"] < words["n"] if scored else words["c"] == 0)
+        assert main(["search", str(out), "lazy dog", "--format", "json"]) == 0
+        hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert len(hits) == 1
+    assert 0 < new_scored < 9
+
+
+def test_search_and_export_carry_confidence(output, tmp_path, capsys):
+    assert main(["search", str(output), "lazy dog", "--format", "json"]) == 0
+    hit = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert 0.0 < hit["confidence"] <= 1.0
+    assert main(["export", str(output), "--format", "json", "--to", str(tmp_path / "j")]) == 0
+    doc = json.loads((tmp_path / "j" / "fox.json").read_text())
+    assert 0.0 < doc["confidence"] <= 1.0 and all(0.0 <= w["confidence"] <= 1.0 for w in doc["words"])
+    assert doc["confidence"] == pytest.approx(min(w["confidence"] for w in doc["words"]))

@@ -63,6 +63,25 @@ def test_bad_options_are_usage_errors(tmp_path, capsys):
         build_config(args)
 
 
+def test_confidence_and_decoding_options(tmp_path):
+    from model.confidence import ConfidenceConfig
+
+    parser = build_parser()
+    base = ["transcribe", str(AUDIO), str(tmp_path), "--model", str(tmp_path)]
+    cfg = build_config(parser.parse_args(base))
+    assert cfg.confidence == ConfidenceConfig() and cfg.decoding is None  # NeMo's defaults; the checkpoint's strategy
+    cfg = build_config(parser.parse_args(base + [
+        "--confidence", "entropy", "--confidence-entropy-type", "renyi", "--confidence-alpha", "0.5",
+        "--confidence-entropy-norm", "lin", "--confidence-aggregation", "mean", "--confidence-include-blank",
+        "--confidence-tdt-duration", "--decoding", "greedy"]))
+    assert cfg.confidence == ConfidenceConfig(name="entropy", entropy_type="renyi", alpha=0.5, entropy_norm="lin",
+                                              aggregation="mean", exclude_blank=False, tdt_include_duration=True)
+    assert cfg.decoding == "greedy"
+    assert build_config(parser.parse_args(base + ["--confidence", "none"])).confidence is None
+    with pytest.raises(UsageError, match="alpha"):
+        build_config(parser.parse_args(base + ["--confidence-alpha", "0"]))
+
+
 def test_default_model_is_the_bundled_demo(tmp_path):
     args = build_parser().parse_args(["transcribe", str(AUDIO), str(tmp_path)])
     assert args.model == DEFAULT_MODEL and DEFAULT_MODEL.endswith("model/pretrained/parakeet-tdt-demo")
