@@ -134,13 +134,30 @@ def connect(address: str | None) -> bool:
     return True
 
 
+def _cause(e: BaseException) -> str:
+    """The innermost cause of a Ray task failure, as 'Type: message' (first line)."""
+    while True:
+        inner = getattr(e, "cause", None) or e.__cause__
+        if inner is None or inner is e:
+            break
+        e = inner
+    first = (str(e).strip().splitlines() or [""])[-1 if type(e).__name__.startswith("Ray") else 0]
+    return f"{type(e).__name__}: {first}"
+
+
 def run_command(args: argparse.Namespace) -> int:
     from pipeline.job import format_summary, prepare, run
     from pipeline.sink import OutputError
     from pipeline.sources import InputError
 
+    import model
+
     try:
         cfg = build_config(args)
+        try:  # the model is resolved and its config read before Ray starts (local, fsspec URI or hub id)
+            model.inspect(cfg.model_uri)
+        except (model.CheckpointError, model.ConfigError) as e:
+            raise UsageError(f"--model: {e}") from e
         plan = prepare(cfg)  # INPUT and OUTPUT are checked before Ray starts
         started = connect(args.address)
         from ray.data import DataContext
@@ -156,6 +173,10 @@ def run_command(args: argparse.Namespace) -> int:
     except (UsageError, InputError, OutputError) as e:
         print(f"parakeet-ray transcribe: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # the model stage failed for a reason no single input explains: the job fails
+        print(f"parakeet-ray transcribe: failed: {_cause(e)}\n(inputs already committed stay; rerun after the fix "
+              f"to transcribe the rest)", file=sys.stderr)
+        return 1
     print(format_summary(summary))
     print(json.dumps(summary))
     return 0  # per-input failures are rows with `error` set, counted in the summary

@@ -1,6 +1,6 @@
 """Parakeet TDT in plain PyTorch: `model.load(path_or_uri).transcribe([...])`."""
 from .audio import AudioDecodeError, decode_audio
-from .checkpoint import CheckpointError, load, save
+from .checkpoint import CheckpointError, inspect, load, save
 from .confidence import ConfidenceConfig
 from .config import ConfigError, ModelConfig, preset
 from .parakeet import ParakeetTDT
@@ -9,5 +9,5 @@ from .tokenizer import Tokenizer
 
 __all__ = [
     "AudioDecodeError", "CheckpointError", "ConfidenceConfig", "ConfigError", "ModelConfig", "ParakeetTDT", "Segment", "Token",
-    "Tokenizer", "Transcript", "Word", "decode_audio", "load", "preset", "save",
+    "Tokenizer", "Transcript", "Word", "decode_audio", "inspect", "load", "preset", "save",
 ]

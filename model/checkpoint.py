@@ -249,6 +249,110 @@ def _detach(tokenizer: Tokenizer) -> Tokenizer:
     return Tokenizer(spm_path=tmp) if tokenizer.path.suffix == ".model" else Tokenizer(hf_path=tmp)
 
 
+# ---- inspecting (no weights) ----------------------------------------------------------------
+def inspect(source: str | os.PathLike) -> ModelConfig | None:
+    """Resolve `source` and read its config without loading weights: what a job's driver checks before
+    it starts a cluster. Raises CheckpointError / ConfigError naming the problem (no such path, object or
+    hub repo; no config; an unsupported option; no tokenizer, so no text). None: a hub repo holding one
+    .nemo that is not in the local cache yet (it exists; the actors download it)."""
+    source = os.fspath(source)
+    if "://" in source and not source.startswith("file://"):
+        return _inspect_remote(source)
+    path = Path(source.removeprefix("file://"))
+    if not path.exists():
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
+            return _inspect_hub(source)
+        raise CheckpointError(f"{source}: no such file or folder")
+    if path.is_dir():
+        if (path / OUR_CONFIG).exists() or (path / "config.json").exists():
+            return _inspect_folder(path, source)
+        nemos = sorted(path.glob("*.nemo"))
+        if len(nemos) == 1:
+            with open(nemos[0], "rb") as f:
+                return _inspect_nemo(f, source)
+        raise CheckpointError(f"{source}: folder has no config.json / {OUR_CONFIG} and no single .nemo file")
+    with open(path, "rb") as f:
+        return _inspect_nemo(f, source)
+
+
+def _inspect_folder(folder: Path, label: str) -> ModelConfig:
+    if (folder / OUR_CONFIG).exists():
+        config = ModelConfig.from_dict(_read_json(folder / OUR_CONFIG, label))
+    else:
+        pre = _read_json(folder / "preprocessor_config.json", label) if (folder / "preprocessor_config.json").exists() else None
+        config = config_from_hf(_read_json(folder / "config.json", label), pre)
+    if not (folder / HF_WEIGHTS).exists():
+        raise CheckpointError(f"{label}: {HF_WEIGHTS} is missing")
+    if not any((folder / name).exists() for name in ("tokenizer.model", "tokenizer.json")):
+        raise CheckpointError(f"{label}: no tokenizer (tokenizer.model or tokenizer.json): it cannot produce text")
+    return config
+
+
+def _inspect_nemo(fileobj, label: str) -> ModelConfig:
+    """Stream the archive's members (no extraction, no weights read) for model_config.yaml and a tokenizer."""
+    cfg, names = None, []
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+            for m in tar:
+                names.append(os.path.basename(os.path.normpath(m.name)))
+                if names[-1] == "model_config.yaml" and m.isfile():
+                    cfg = yaml.safe_load(tar.extractfile(m).read().decode())
+    except (tarfile.TarError, EOFError, OSError, yaml.YAMLError) as e:
+        raise CheckpointError(f"{label}: unreadable .nemo archive ({e})") from e
+    if cfg is None or "model_weights.ckpt" not in names:
+        raise CheckpointError(f"{label}: .nemo archive lacks model_config.yaml or model_weights.ckpt")
+    config = config_from_nemo(cfg)
+    if not any(n.endswith("tokenizer.model") for n in names):
+        raise CheckpointError(f"{label}: no SentencePiece tokenizer in the archive: it cannot produce text")
+    return config
+
+
+def _inspect_remote(uri: str) -> ModelConfig:
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(uri)
+        if fs.isdir(root):
+            with tempfile.TemporaryDirectory(prefix="parakeet-inspect-") as tmp:
+                names = {p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)}
+                nemos = sorted(n for n in names if n.endswith(".nemo"))
+                if not ({OUR_CONFIG, "config.json"} & names) and len(nemos) == 1:
+                    with fs.open(root.rstrip("/") + "/" + nemos[0], "rb") as f:
+                        return _inspect_nemo(f, uri)
+                for name in names & {OUR_CONFIG, "config.json", "preprocessor_config.json"}:
+                    fs.get(root.rstrip("/") + "/" + name, str(Path(tmp) / name))
+                for name in names & {HF_WEIGHTS, "tokenizer.model", "tokenizer.json"}:
+                    (Path(tmp) / name).touch()  # present: their contents are the actors' business
+                return _inspect_folder(Path(tmp), uri)
+        if not fs.exists(root):
+            raise CheckpointError(f"{uri}: no such object")
+        with fs.open(root, "rb") as f:
+            return _inspect_nemo(f, uri)
+    except (CheckpointError, ConfigError):
+        raise
+    except Exception as e:  # fsspec backends raise many types; name the URI
+        raise CheckpointError(f"{uri}: cannot read the checkpoint ({type(e).__name__}: {e})") from e
+
+
+def _inspect_hub(repo_id: str) -> ModelConfig | None:
+    """A hub id: its small files (configs, tokenizer) are fetched into the hub cache and the config read;
+    a single-.nemo repo is read from the cache when it is there, else only its existence is checked."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.yaml", "*.model"]))
+    except Exception as e:
+        raise CheckpointError(f"{repo_id}: not a local path, and the hub has no such model or cannot be reached "
+                              f"({type(e).__name__}: {e})") from e
+    if (folder / OUR_CONFIG).exists() or (folder / "config.json").exists():
+        return inspect(folder)
+    try:
+        cached = sorted(Path(snapshot_download(repo_id, allow_patterns=["*.nemo"], local_files_only=True)).glob("*.nemo"))
+    except Exception:  # not cached: huggingface_hub raises its own LocalEntryNotFoundError
+        cached = []
+    return inspect(cached[0]) if len(cached) == 1 else None
+
+
 # ---- saving --------------------------------------------------------------------------------
 def save(model: ParakeetTDT, folder: str | os.PathLike) -> Path:
     """Write `folder` (created if needed; a local path or fsspec URI): transformers layout + our config."""

@@ -22,7 +22,7 @@ from .decode import decode_batch
 from .progress import Progress
 from .sink import DEFAULT_ROWS_PER_FILE, SUMMARY_FILE, check_writable, commit_batch, done_uris, sweep_tmp
 from .sources import DEFAULT_EXTENSIONS, filesystem, list_inputs
-from .transcriber import CRASH_ONCE_ENV, PRECISIONS, Transcriber
+from .transcriber import PRECISIONS, Transcriber
 
 DECODE_CPUS = 1.0  # per decode task
 DECODE_MEMORY_BYTES = 512 * 1024**2  # per decode task: the worker (torch imported) plus a few files of audio
@@ -77,12 +77,15 @@ class TranscribeConfig:
 
 
 def pending_inputs(cfg: TranscribeConfig) -> tuple[pa.Array, int]:
-    """(inputs still to transcribe, number skipped because OUTPUT already holds them)."""
-    inputs = pa.array(list_inputs(cfg.input_uri, cfg.extensions, cfg.storage_options or None), pa.string())
+    """(inputs still to transcribe, number of this INPUT's inputs skipped because OUTPUT already holds them)."""
+    listed = list_inputs(cfg.input_uri, cfg.extensions, cfg.storage_options or None, exclude=cfg.output_uri)
+    inputs = pa.array(listed, pa.string())
     done = done_uris(cfg.output_uri, cfg.storage_options or None)
+    skipped = 0
     if len(done):
-        inputs = inputs.filter(pc.invert(pc.is_in(inputs, value_set=done)))
-    skipped = len(done)
+        already = pc.is_in(inputs, value_set=done)
+        skipped = int(pc.sum(already.cast(pa.int64())).as_py() or 0)
+        inputs = inputs.filter(pc.invert(already))
     if cfg.limit is not None:
         inputs = inputs[: cfg.limit]
     return inputs, skipped
@@ -107,10 +110,11 @@ def decode_concurrency(cfg: TranscribeConfig, actors: int, gpus_per_actor: float
     return actors * (DECODERS_PER_GPU_ACTOR if gpus_per_actor > 0 else 1)
 
 
-def build_dataset(cfg: TranscribeConfig, inputs: pa.Array, actors: int, gpus_per_actor: float):
-    """The Ray Dataset of transcript rows (schema columns + actor_id/gpu_ids), not yet committed."""
+def build_dataset(cfg: TranscribeConfig, inputs: pa.Array, actors: int, gpus_per_actor: float, transcriber: type = Transcriber):
+    """The Ray Dataset of transcript rows (schema columns + actor_id/gpu_ids), not yet committed.
+    `transcriber`: the model stage's class (Transcriber; tests pass their own to inject faults)."""
     decoders = decode_concurrency(cfg, actors, gpus_per_actor)
-    return transcribed(cfg, decoded(cfg, inputs, decoders), actors, gpus_per_actor)
+    return transcribed(cfg, decoded(cfg, inputs, decoders), actors, gpus_per_actor, transcriber)
 
 
 def decoded(cfg: TranscribeConfig, inputs: pa.Array, decoders: int | None = None):
@@ -129,17 +133,17 @@ def decoded(cfg: TranscribeConfig, inputs: pa.Array, decoders: int | None = None
     )
 
 
-def transcribed(cfg: TranscribeConfig, ds, actors: int, gpus_per_actor: float):
+def transcribed(cfg: TranscribeConfig, ds, actors: int, gpus_per_actor: float, transcriber: type = Transcriber):
     """A pool of `actors` Transcriber actors (each with `gpus_per_actor` GPUs) over decoded rows."""
     import ray
 
     return ds.map_batches(
-        Transcriber,
+        transcriber,
         fn_constructor_kwargs=dict(
             model_uri=_absolute(cfg.model_uri), model_label=cfg.model_uri, device=cfg.device, precision=cfg.precision,
             batch_seconds=cfg.batch_seconds, chunk_seconds=cfg.chunk_seconds, decoding=cfg.decoding,
             confidence=cfg.confidence,
-            num_threads=max(1, int(cfg.cpus_per_actor)), crash_once_marker=os.environ.get(CRASH_ONCE_ENV),
+            num_threads=max(1, int(cfg.cpus_per_actor)),
         ),
         compute=ray.data.ActorPoolStrategy(size=actors),
         batch_size=cfg.window_rows, batch_format="numpy", num_cpus=cfg.cpus_per_actor, num_gpus=gpus_per_actor,
@@ -173,8 +177,12 @@ def prepare(cfg: TranscribeConfig) -> Plan:
     return Plan(inputs, skipped, swept, started, t0)
 
 
-def run(cfg: TranscribeConfig, plan: Plan | None = None) -> dict[str, Any]:
-    """Run the whole job on the connected Ray cluster; returns the summary (also OUTPUT/_summary.json)."""
+def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Transcriber) -> dict[str, Any]:
+    """Run the whole job on the connected Ray cluster; returns the summary (also OUTPUT/_summary.json).
+
+    A per-input problem is an error row; anything that fails the model stage itself (a bad model, a
+    bug, a CUDA error) raises here after what was already committed stays committed, so a rerun
+    after the fix transcribes the rest. `transcriber`: the model stage's class (see build_dataset)."""
     import ray
 
     plan = plan or prepare(cfg)
@@ -182,7 +190,7 @@ def run(cfg: TranscribeConfig, plan: Plan | None = None) -> dict[str, Any]:
     progress = Progress(len(plan.inputs), enabled=cfg.progress)
     if len(plan.inputs):
         actors, gpus_per_actor = resolve_resources(cfg, ray.cluster_resources())
-        ds = build_dataset(cfg, plan.inputs, actors, gpus_per_actor).map_batches(
+        ds = build_dataset(cfg, plan.inputs, actors, gpus_per_actor, transcriber).map_batches(
             commit_batch, batch_size=cfg.rows_per_file, batch_format="pyarrow",
             fn_kwargs={"output_uri": cfg.output_uri, "storage_options": cfg.storage_options or None}, num_cpus=0.25,
         )

@@ -22,9 +22,23 @@ TRANSCRIPT_SCHEMA = pa.schema(
         pa.field("confidence", pa.float32()),  # the utterance's: aggregation of its words'; null without words
         pa.field("model", pa.string()),  # the --model the row was made with
         pa.field("error", pa.string()),  # null on success, else "<Kind>: reason"
+        pa.field("error_kind", pa.string()),  # null on success, else one of ERROR_KINDS
         pa.field("processed_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+
+# What `error_kind` says (query by it; `--retry-errors` redoes the RETRYABLE ones):
+ERROR_KINDS = {
+    "read": "the file could not be read (missing, permission, network)",
+    "too_large": "over the input size limit",
+    "empty": "0 bytes, or no audio samples",
+    "decode": "not audio libsndfile or FFmpeg can decode, or an unreadable header",
+    "truncated": "shorter than its header declares, or the decoder stopped mid-stream",
+    "no_audio": "a container without an audio stream (a silent video)",
+    "not_finite": "NaN or infinite samples",
+    "oom": "out of memory on this input alone (after its batch was split)",
+}
+RETRYABLE_KINDS = ("read", "oom")
 
 # Columns the Transcriber adds for observability; the Parquet sink drops them (not in the table).
 DEBUG_COLUMNS = ("actor_id", "gpu_ids")
@@ -44,16 +58,20 @@ def transcript_row(audio_uri: str, transcript, sample_rate: int, model: str, pro
         "confidence": transcript.confidence,
         "model": model,
         "error": None,
+        "error_kind": None,
         "processed_at": processed_at,
     }
 
 
-def error_row(audio_uri: str, error: str, model: str, processed_at, duration_s=None, sample_rate=None) -> dict:
-    """A row for an input that could not be transcribed: `error` says why, text is null."""
+def error_row(audio_uri: str, error: str, model: str, processed_at, duration_s=None, sample_rate=None,
+              kind: str = "decode") -> dict:
+    """A row for an input that could not be transcribed: `error` says why, `error_kind` which class of fault."""
+    if kind not in ERROR_KINDS:
+        raise ValueError(f"error kind {kind!r} is not one of {sorted(ERROR_KINDS)}")
     return {
         "audio_uri": audio_uri, "duration_s": duration_s, "sample_rate": sample_rate, "text": None,
         "tokens": None, "words": None, "segments": None, "confidence": None, "model": model, "error": error,
-        "processed_at": processed_at,
+        "error_kind": kind, "processed_at": processed_at,
     }
 
 

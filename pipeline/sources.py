@@ -19,7 +19,13 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 # What `--extensions` defaults to: every container libsndfile decodes (see model/audio.py).
-DEFAULT_EXTENSIONS = ("wav", "flac", "mp3", "ogg", "opus", "oga", "aiff", "aif", "au", "w64", "caf")
+# What libsndfile reads, then what FFmpeg reads (model/audio.py): podcasts, voice notes, phone and meeting
+# recordings, video archives, broadcast audio.
+DEFAULT_EXTENSIONS = (
+    "wav", "flac", "mp3", "ogg", "opus", "oga", "aiff", "aif", "au", "w64", "caf", "rf64",
+    "m4a", "m4b", "mp4", "m4v", "aac", "mov", "mkv", "mka", "webm", "wma", "asf", "wmv", "ac3", "eac3",
+    "amr", "awb", "3gp", "3g2", "avi", "flv", "ts", "mts", "mpg", "mpeg", "mp2", "spx", "wv", "ape", "dts", "mxf",
+)
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json", ".ndjson")
 URI_COLUMN = "audio_uri"
 
@@ -60,11 +66,14 @@ def normalise_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
 
 
 def list_inputs(
-    input_uri: str, extensions: Iterable[str] = DEFAULT_EXTENSIONS, storage_options: dict[str, Any] | None = None
+    input_uri: str, extensions: Iterable[str] = DEFAULT_EXTENSIONS, storage_options: dict[str, Any] | None = None,
+    exclude: str | None = None,
 ) -> list[str]:
     """The audio URIs named by INPUT (a folder/prefix, or a manifest with an `audio_uri` column).
 
-    Raises InputError when INPUT does not exist or names nothing to transcribe.
+    Every matching file is an input, hidden and `_`-prefixed names included; only the folder `exclude`
+    (the job's OUTPUT, when it lies inside INPUT) is left out. Raises InputError when INPUT does not
+    exist or names nothing to transcribe.
     """
     fs, path = filesystem(input_uri, storage_options)
     if is_manifest(input_uri):
@@ -75,18 +84,22 @@ def list_inputs(
         return [to_uri(fs, path)]
     if not fs.isdir(path):
         raise InputError(f"INPUT {input_uri} does not exist (no such folder, prefix or file)")
-    uris = sorted(iter_folder(fs, path, normalise_extensions(extensions)))
+    skip = None
+    if exclude is not None:
+        out_fs, out_path = filesystem(exclude, storage_options)
+        if out_fs.protocol == fs.protocol:
+            skip = out_path.rstrip("/") + "/"
+    uris = sorted(iter_folder(fs, path, normalise_extensions(extensions), skip))
     if not uris:
         raise InputError(f"INPUT {input_uri} holds no files with extensions {', '.join(normalise_extensions(extensions))}")
     return uris
 
 
-def iter_folder(fs: fsspec.AbstractFileSystem, path: str, extensions: tuple[str, ...]) -> Iterator[str]:
-    """Every file under `path` (recursively) whose extension is in `extensions`, as URIs."""
+def iter_folder(fs: fsspec.AbstractFileSystem, path: str, extensions: tuple[str, ...], skip: str | None = None) -> Iterator[str]:
+    """Every file under `path` (recursively) whose extension is in `extensions`, as URIs; none under `skip`."""
     suffixes = tuple("." + e for e in extensions)
     for name in fs.find(path, withdirs=False):
-        base = name.rsplit("/", 1)[-1]
-        if base.startswith(".") or base.startswith("_"):  # hidden files, _SUCCESS, our own _tmp
+        if skip is not None and name.startswith(skip):
             continue
         if name.lower().endswith(suffixes):
             yield to_uri(fs, name)

@@ -44,7 +44,7 @@ class AudioCache:
 
     def get(self, uri: str) -> np.ndarray:
         if uri not in self._cache:
-            wav, _, err = decode_one(uri, self.storage_options)
+            wav, _, err, _ = decode_one(uri, self.storage_options)
             if err:
                 raise InputError(f"{uri}: {err}")
             self._cache[uri] = wav

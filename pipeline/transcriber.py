@@ -3,6 +3,11 @@
 The model is loaded once per actor in `__init__`. `__call__` takes a plain dict batch (the
 decode stage's columns) and returns a `pyarrow.Table` with the output schema plus the debug
 columns `actor_id`/`gpu_ids`; it needs no Ray, so it is unit-tested directly.
+
+Failures are honest: a per-input problem is an error row (the decode stage's, or out of memory on
+that input alone after its batch was split: only OOM splits a batch); anything else (a model or
+tokenizer problem, a CUDA error other than OOM, a bug) propagates and fails the job, so nothing is
+written for those inputs and a rerun after the fix transcribes them.
 """
 from __future__ import annotations
 
@@ -25,10 +30,11 @@ from .schema import TRANSCRIPT_SCHEMA, error_row, transcript_row
 
 log = logging.getLogger(__name__)
 
-# Test hook: when set to a path that does not exist yet, the first actor call creates it and the
-# actor process exits abruptly (os._exit), as a crashed GPU worker would. Ray restarts the actor
-# and retries the batch; tests check that every input still appears exactly once.
-CRASH_ONCE_ENV = "PARAKEET_RAY_TEST_CRASH_ONCE"
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA OOM (torch.OutOfMemoryError) or a CPU allocator failure; nothing else splits a batch."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and ("out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower())
 
 
 def resolve_device(requested: str, gpu_ids: list) -> str:
@@ -90,7 +96,6 @@ class Transcriber:
         batch_seconds: float = DEFAULT_BATCH_SECONDS,
         chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
         num_threads: int | None = None,
-        crash_once_marker: str | None = None,
         model_label: str | None = None,
         decoding: str | None = None,
         confidence: model.ConfidenceConfig | None = DEFAULT_CONFIDENCE,
@@ -108,27 +113,26 @@ class Transcriber:
         self.model_label = model_label or model_uri
         self.batch_seconds = float(batch_seconds)
         self.chunk_seconds = float(chunk_seconds)
-        self.crash_once_marker = crash_once_marker
         self.actor_id = f"{os.uname().nodename}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
-        self._maybe_crash()
         now = datetime.now(timezone.utc)
         uris = [str(u) for u in batch["audio_uri"]]
         errors = list(batch["error"])
+        kinds = list(batch["error_kind"]) if "error_kind" in batch else [None] * len(uris)
         rows: list[dict | None] = [None] * len(uris)
         todo = []  # indices of decodable inputs
         for i, uri in enumerate(uris):
             if errors[i] is not None and str(errors[i]) not in ("", "None", "nan"):
-                rows[i] = error_row(uri, str(errors[i]), self.model_label, now)
+                rows[i] = error_row(uri, str(errors[i]), self.model_label, now, kind=str(kinds[i] or "decode"))
             else:
                 todo.append(i)
         waves = {i: np.asarray(batch["waveform"][i], dtype=np.float32) for i in todo}
         for i, result in self._transcribe(waves).items():
             rate = int(batch["sample_rate"][i])
-            if isinstance(result, Exception):
-                rows[i] = error_row(uris[i], f"TranscribeError: {type(result).__name__}: {result}", self.model_label, now,
-                                    duration_s=len(waves[i]) / self.sample_rate, sample_rate=rate)
+            if isinstance(result, BaseException):  # out of memory on this input alone
+                rows[i] = error_row(uris[i], f"OutOfMemory: {type(result).__name__}: {result}", self.model_label, now,
+                                    duration_s=len(waves[i]) / self.sample_rate, sample_rate=rate, kind="oom")
             else:
                 rows[i] = transcript_row(uris[i], result, rate, self.model_label, now)
         table = pa.Table.from_pylist(rows, schema=TRANSCRIPT_SCHEMA)
@@ -136,15 +140,7 @@ class Transcriber:
         table = table.append_column("actor_id", pa.array([self.actor_id] * n, pa.string()))
         return table.append_column("gpu_ids", pa.array([",".join(map(str, self.gpu_ids))] * n, pa.string()))
 
-    def _maybe_crash(self) -> None:
-        marker = self.crash_once_marker
-        if marker and not os.path.exists(marker):
-            with open(marker, "w") as f:
-                f.write(self.actor_id)
-            log.warning("test hook %s: actor %s exits now", CRASH_ONCE_ENV, self.actor_id)
-            os._exit(17)
-
-    def _transcribe(self, waves: dict[int, np.ndarray]) -> dict[int, model.Transcript | Exception]:
+    def _transcribe(self, waves: dict[int, np.ndarray]) -> dict[int, model.Transcript | BaseException]:
         """Transcripts for each input (index -> waveform (N,) at 16 kHz); long ones chunked."""
         sr, frame = self.sample_rate, self.frame
         pieces: list[tuple[int, int, int]] = []  # (input index, start sample, end sample)
@@ -159,10 +155,10 @@ class Transcriber:
         by_input: dict[int, list[int]] = {}
         for k, (i, _, _) in enumerate(pieces):
             by_input.setdefault(i, []).append(k)
-        results: dict[int, model.Transcript | Exception] = {}
+        results: dict[int, model.Transcript | BaseException] = {}
         for i, w in waves.items():
             mine = by_input[i]
-            failed = next((out[k] for k in mine if isinstance(out[k], Exception)), None)
+            failed = next((out[k] for k in mine if isinstance(out[k], BaseException)), None)
             if failed is not None:
                 results[i] = failed
             elif len(mine) == 1:
@@ -172,16 +168,21 @@ class Transcriber:
                                     self.confidence.aggregation if self.confidence is not None else None)
         return results
 
-    def _run(self, arrays: list[np.ndarray]) -> list[model.Transcript | Exception]:
-        """One padded model call; if it fails (e.g. out of memory), retry item by item so one bad
-        input becomes one error row instead of failing its neighbours."""
+    def _run(self, arrays: list[np.ndarray]) -> list[model.Transcript | BaseException]:
+        """One padded model call. Out of memory: split the batch in halves down to single inputs, so only
+        an input too large on its own becomes an (oom) error row. Any other exception propagates."""
         try:
             return self._forward(arrays)
-        except (RuntimeError, ValueError) as e:
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
             if len(arrays) == 1:
                 return [e]
-            log.warning("batch of %d failed (%s); retrying one by one", len(arrays), e)
-            return [self._run([a])[0] for a in arrays]
+            log.warning("batch of %d ran out of memory (%s); splitting it", len(arrays), e)
+            half = len(arrays) // 2
+            return self._run(arrays[:half]) + self._run(arrays[half:])
 
     def _forward(self, arrays: list[np.ndarray]) -> list[model.Transcript]:
         lengths = torch.tensor([len(a) for a in arrays])  # (B,) samples

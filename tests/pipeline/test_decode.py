@@ -22,7 +22,8 @@ def test_every_kind_of_broken_file_becomes_an_error_row(tmp_path):
     expected = make_bad_corpus(tmp_path)
     names = sorted(expected) + ["missing.wav"]
     out = decode_batch({"audio_uri": np.array([str(tmp_path / n) for n in names], dtype=object)})
-    for name, err, n in zip(names, out["error"], out["num_samples"]):
+    for name, err, kind, n in zip(names, out["error"], out["error_kind"], out["num_samples"]):
         assert err is not None and n == 0, name
-        assert (expected.get(name) or "file not found") in err, (name, err)
-    assert len(names) >= 9
+        sub, want = expected.get(name, ("file not found", "read"))
+        assert sub in err and kind == want, (name, err, kind)
+    assert len({k for _, k in expected.values()} | {"read"}) >= 6 and len(names) >= 14  # "read": missing.wav

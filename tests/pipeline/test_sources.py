@@ -9,12 +9,22 @@ from pipeline.sources import InputError, list_inputs, normalise_extensions, read
 
 def test_folder_listing_filters_extensions_recursively_and_sorts(tmp_path):
     (tmp_path / "sub").mkdir()
-    for name in ("b.wav", "a.FLAC", "sub/c.mp3", "notes.txt", ".hidden.wav", "_tmp.wav"):
+    for name in ("b.wav", "a.FLAC", "sub/c.mp3", "notes.txt", ".hidden.wav", "_intro.wav", "d.m4a", "e.mp4"):
         (tmp_path / name).write_bytes(b"x")
     uris = list_inputs(str(tmp_path))
     assert uris == sorted(uris)
-    assert [u.rsplit("/", 1)[-1] for u in uris] == ["a.FLAC", "b.wav", "c.mp3"]
-    assert list_inputs(str(tmp_path), extensions=["wav"]) == [str(tmp_path / "b.wav")]
+    # hidden and _-prefixed files are inputs like any other; FFmpeg containers are in the default extensions
+    assert [u.rsplit("/", 1)[-1] for u in uris] == [".hidden.wav", "_intro.wav", "a.FLAC", "b.wav", "c.mp3", "d.m4a", "e.mp4"]
+    assert list_inputs(str(tmp_path), extensions=["wav"]) == [str(tmp_path / n) for n in (".hidden.wav", "_intro.wav", "b.wav")]
+
+
+def test_an_output_inside_the_input_is_not_an_input(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"x")
+    (tmp_path / "out" / "_tmp").mkdir(parents=True)
+    (tmp_path / "out" / "_tmp" / "x.wav").write_bytes(b"x")  # anything under OUTPUT is the job's own
+    (tmp_path / "outside.wav").write_bytes(b"x")
+    assert list_inputs(str(tmp_path), exclude=str(tmp_path / "out")) == [str(tmp_path / "a.wav"), str(tmp_path / "outside.wav")]
+    assert len(list_inputs(str(tmp_path))) == 3
 
 
 def test_missing_or_empty_input_fails_with_its_name(tmp_path):
