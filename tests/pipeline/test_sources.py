@@ -14,7 +14,7 @@ def test_folder_listing_filters_extensions_recursively_and_sorts(tmp_path):
     uris = list_inputs(str(tmp_path))
     assert uris == sorted(uris)
     # hidden and _-prefixed files are inputs like any other; FFmpeg containers are in the default extensions
-    assert [u.rsplit("/", 1)[-1] for u in uris] == [".hidden.wav", "_intro.wav", "a.FLAC", "b.wav", "c.mp3", "d.m4a", "e.mp4"]
+    assert [u.rsplit("/", 1)[-1] for u in uris] == [".hidden.wav", "_intro.wav", "a.FLAC", "b.wav", "d.m4a", "e.mp4", "c.mp3"]
     assert list_inputs(str(tmp_path), extensions=["wav"]) == [str(tmp_path / n) for n in (".hidden.wav", "_intro.wav", "b.wav")]
 
 
