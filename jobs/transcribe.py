@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -61,12 +62,17 @@ def register(subparsers) -> None:
                    help="inputs longer than this are split at pauses and stitched (default: 300)")
     p.add_argument("--extensions", default=None, help="comma-separated file extensions to pick up under INPUT (default: common audio)")
     p.add_argument("--limit", type=int, default=None, help="transcribe at most N new inputs this run")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="transcribe again the inputs whose rows are retryable errors (error_kind read or oom) and "
+                        "replace those rows (each input keeps exactly one row)")
     p.add_argument("--window-rows", type=int, default=None,
                    help="inputs handed to an actor per call, sorted and batched by duration inside (default: 32)")
     p.add_argument("--decode-tasks", type=int, default=None,
                    help="concurrent decode tasks (default: 4 per GPU actor, 1 per CPU actor)")
     p.add_argument("--rows-per-file", type=int, default=None, help="rows per output Parquet file (default: 256)")
     p.add_argument("--storage-options", default=None, help='JSON of fsspec options, e.g. \'{"anon": false, "profile": "x"}\'')
+    p.add_argument("--lease-timeout", type=float, default=600.0,
+                   help="seconds without a heartbeat after which another run's lease on OUTPUT is taken over (default 600)")
     p.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     p.set_defaults(func=run_command)
 
@@ -99,7 +105,7 @@ def build_config(args: argparse.Namespace):
             input_uri=args.input, output_uri=args.output, model_uri=model_uri, actors=args.actors,
             confidence=confidence_config(args),
             gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, device=args.device,
-            precision=args.precision, decoding=args.decoding,
+            precision=args.precision, decoding=args.decoding, retry_errors=args.retry_errors,
             limit=args.limit, storage_options=options, progress=not args.no_progress, **extra,
         )
     except ValueError as e:
@@ -119,8 +125,13 @@ def confidence_config(args: argparse.Namespace):
     )
 
 
+RAY_DATA_LOGGING = str(Path(__file__).with_name("ray_data_logging.yaml"))
+
+
 def connect(address: str | None) -> bool:
-    """Join `address`, or start an embedded local Ray; True if this call started Ray."""
+    """Join `address`, or start an embedded local Ray; True if this call started Ray. Ray's INFO/WARNING
+    lines go to its log files only (the console shows our progress bar and the summary)."""
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", RAY_DATA_LOGGING)  # a user's own config wins
     import ray
 
     if ray.is_initialized():
@@ -128,9 +139,10 @@ def connect(address: str | None) -> bool:
     if address is None and not os.environ.get("RAY_ADDRESS"):
         # More logical CPUs than cores: decode tasks, the model actor and commit tasks must all be
         # schedulable at once, or a 2-core machine starves the pipeline (they mostly wait on I/O).
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR)
     else:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     return True
 
 
@@ -147,7 +159,8 @@ def _cause(e: BaseException) -> str:
 
 def run_command(args: argparse.Namespace) -> int:
     from pipeline.job import format_summary, prepare, run
-    from pipeline.sink import OutputError
+    from pipeline.lease import Lease, LeaseHeld
+    from pipeline.sink import OutputError, check_writable
     from pipeline.sources import InputError
 
     import model
@@ -158,19 +171,25 @@ def run_command(args: argparse.Namespace) -> int:
             model.inspect(cfg.model_uri)
         except (model.CheckpointError, model.ConfigError) as e:
             raise UsageError(f"--model: {e}") from e
-        plan = prepare(cfg)  # INPUT and OUTPUT are checked before Ray starts
-        started = connect(args.address)
-        from ray.data import DataContext
+        if args.lease_timeout <= 0:
+            raise UsageError("--lease-timeout must be positive")
+        check_writable(cfg.output_uri, cfg.storage_options or None)  # before the lease creates anything there
+        with Lease(cfg.output_uri, cfg.storage_options or None, args.lease_timeout) as lease:  # one job per OUTPUT
+            if lease.taken_over:
+                print(f"took over a stale lease on {cfg.output_uri} from {lease.taken_over.get('owner')}", file=sys.stderr)
+            plan = prepare(cfg)  # INPUT and OUTPUT are checked before Ray starts
+            started = connect(args.address)
+            from ray.data import DataContext
 
-        DataContext.get_current().enable_progress_bars = False  # our one-line bar replaces Ray's per-operator bars
-        try:
-            summary = run(cfg, plan)
-        finally:
-            if started:
-                import ray
+            DataContext.get_current().enable_progress_bars = False  # our one-line bar replaces Ray's per-operator bars
+            try:
+                summary = run(cfg, plan, lease=lease)
+            finally:
+                if started:
+                    import ray
 
-                ray.shutdown()
-    except (UsageError, InputError, OutputError) as e:
+                    ray.shutdown()
+    except (UsageError, InputError, OutputError, LeaseHeld) as e:
         print(f"parakeet-ray transcribe: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # the model stage failed for a reason no single input explains: the job fails

@@ -20,7 +20,7 @@ from model.longform import DEFAULT_CHUNK_SECONDS
 from .batching import DEFAULT_BATCH_SECONDS
 from .decode import decode_batch
 from .progress import Progress
-from .sink import DEFAULT_ROWS_PER_FILE, SUMMARY_FILE, check_writable, commit_batch, done_uris, sweep_tmp
+from .sink import DEFAULT_ROWS_PER_FILE, SUMMARY_FILE, check_writable, commit_batch, compact, retryable, row_index, sweep_tmp
 from .sources import DEFAULT_EXTENSIONS, filesystem, list_inputs
 from .transcriber import PRECISIONS, Transcriber
 
@@ -52,6 +52,7 @@ class TranscribeConfig:
     decode_tasks: int | None = None  # concurrent decode tasks; default: see decode_concurrency()
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     limit: int | None = None  # transcribe at most this many new inputs this run
+    retry_errors: bool = False  # transcribe again the inputs whose rows are retryable errors (read, oom)
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for INPUT and OUTPUT
     progress: bool = True
 
@@ -80,7 +81,10 @@ def pending_inputs(cfg: TranscribeConfig) -> tuple[pa.Array, int]:
     """(inputs still to transcribe, number of this INPUT's inputs skipped because OUTPUT already holds them)."""
     listed = list_inputs(cfg.input_uri, cfg.extensions, cfg.storage_options or None, exclude=cfg.output_uri)
     inputs = pa.array(listed, pa.string())
-    done = done_uris(cfg.output_uri, cfg.storage_options or None)
+    index = row_index(cfg.output_uri, cfg.storage_options or None)
+    done = index.column("audio_uri")
+    if cfg.retry_errors:  # their rows are replaced once the new ones are committed (sink.compact)
+        done = done.filter(pc.invert(retryable(index)))
     skipped = 0
     if len(done):
         already = pc.is_in(inputs, value_set=done)
@@ -173,16 +177,18 @@ def prepare(cfg: TranscribeConfig) -> Plan:
     started, t0 = datetime.now(timezone.utc), time.monotonic()
     check_writable(cfg.output_uri, cfg.storage_options or None)
     swept = sweep_tmp(cfg.output_uri, cfg.storage_options or None)
+    compact(cfg.output_uri, cfg.storage_options or None)  # finish a retry a killed run left half done
     inputs, skipped = pending_inputs(cfg)
     return Plan(inputs, skipped, swept, started, t0)
 
 
-def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Transcriber) -> dict[str, Any]:
+def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Transcriber, lease=None) -> dict[str, Any]:
     """Run the whole job on the connected Ray cluster; returns the summary (also OUTPUT/_summary.json).
 
     A per-input problem is an error row; anything that fails the model stage itself (a bad model, a
     bug, a CUDA error) raises here after what was already committed stays committed, so a rerun
-    after the fix transcribes the rest. `transcriber`: the model stage's class (see build_dataset)."""
+    after the fix transcribes the rest. `transcriber`: the model stage's class (see build_dataset).
+    `lease`: the pipeline.lease.Lease this run holds on OUTPUT; the run stops if another run took it over."""
     import ray
 
     plan = plan or prepare(cfg)
@@ -201,7 +207,11 @@ def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Tra
                 totals["audio_s"] += row["audio_s"]
                 totals["committed_files"] += 1
             progress.update(totals["files"], totals["audio_s"], totals["errors"])
+            if lease is not None and lease.lost:
+                raise RuntimeError(f"lost the lease on {cfg.output_uri} to another run (no heartbeat for "
+                                   f"{lease.timeout_s:.0f} s): stopping; what was committed stays")
     progress.close()
+    replaced = compact(cfg.output_uri, cfg.storage_options or None) if cfg.retry_errors else 0
     wall = time.monotonic() - plan.t0
     summary = {
         "input": cfg.input_uri, "output": cfg.output_uri, "model": cfg.model_uri,
@@ -209,7 +219,7 @@ def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Tra
         "output_rows": plan.skipped + totals["files"], "audio_seconds": round(totals["audio_s"], 3),
         "audio_hours": round(totals["audio_s"] / 3600, 6), "wall_time_s": round(wall, 3),
         "audio_seconds_per_second": round(totals["audio_s"] / wall, 3) if wall > 0 else 0.0,
-        "committed_files": totals["committed_files"], "swept_temporaries": plan.swept,
+        "committed_files": totals["committed_files"], "swept_temporaries": plan.swept, "replaced_error_rows": replaced,
         "started_at": plan.started.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),
     }
     write_summary(cfg, summary)

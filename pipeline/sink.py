@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .schema import TRANSCRIPT_SCHEMA
+from .schema import RETRYABLE_KINDS, TRANSCRIPT_SCHEMA
 from .sources import filesystem
 
 TRANSCRIPTS_DIR = "transcripts"
@@ -92,6 +92,74 @@ def done_uris(output_uri: str, storage_options: dict[str, Any] | None = None) ->
     if not chunks:
         return pa.array([], pa.string())
     return pa.concat_arrays([c.cast(pa.string()) for c in chunks])
+
+
+INDEX_COLUMNS = ("audio_uri", "error", "error_kind", "processed_at")
+
+
+def row_index(output_uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """(file, audio_uri, error, error_kind, processed_at) of every committed row; only those columns are
+    read. Files written before error_kind existed give it as null."""
+    fs, _ = filesystem(output_uri, storage_options)
+    parts = []
+    for path in committed_files(output_uri, storage_options):
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            names = set(pf.schema_arrow.names)
+            t = pf.read(columns=[c for c in INDEX_COLUMNS if c in names])
+        cols = {c: (t.column(c).cast(TRANSCRIPT_SCHEMA.field(c).type) if c in names
+                    else pa.nulls(t.num_rows, TRANSCRIPT_SCHEMA.field(c).type)) for c in INDEX_COLUMNS}
+        parts.append(pa.table({"file": pa.array([path] * t.num_rows, pa.string()), **cols}))
+    if not parts:
+        return pa.table({"file": pa.array([], pa.string()),
+                         **{c: pa.array([], TRANSCRIPT_SCHEMA.field(c).type) for c in INDEX_COLUMNS}})
+    return pa.concat_tables(parts)
+
+
+def retryable(index: pa.Table) -> pa.Array:
+    """Per row: an error worth transcribing again (error_kind read/oom; rows from before error_kind
+    existed: ReadError and TranscribeError, which then also covered failures that were not the input's)."""
+    kind = index.column("error_kind")
+    legacy = pc.and_(pc.is_null(kind), pc.or_(pc.starts_with(index.column("error"), "ReadError"),
+                                              pc.starts_with(index.column("error"), "TranscribeError")))
+    return pc.fill_null(pc.or_(pc.is_in(kind, value_set=pa.array(RETRYABLE_KINDS)), legacy), False)
+
+
+def compact(output_uri: str, storage_options: dict[str, Any] | None = None) -> int:
+    """Leave exactly one row per audio_uri: where an input has several (a retried error and its new
+    row, or a retry interrupted between its commit and this clean-up), keep a success over an error,
+    then the newest; rewrite the files holding the others without them. Returns the rows dropped."""
+    index = row_index(output_uri, storage_options)
+    if index.num_rows == len(pc.unique(index.column("audio_uri"))):
+        return 0
+    rows = index.to_pylist()
+    best: dict[str, dict] = {}
+    for r in rows:
+        key = (r["error"] is None, r["processed_at"] or 0, r["file"])
+        b = best.get(r["audio_uri"])
+        if b is None or key > (b["error"] is None, b["processed_at"] or 0, b["file"]):
+            best[r["audio_uri"]] = r
+    drop: dict[str, list] = {}
+    for r in rows:
+        if best[r["audio_uri"]] is not r:
+            drop.setdefault(r["file"], []).append((r["audio_uri"], r["processed_at"]))
+    fs, _ = filesystem(output_uri, storage_options)
+    dropped = 0
+    for path, losers in drop.items():
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+        gone = set(losers)
+        keep = [i for i, (u, t) in enumerate(zip(table.column("audio_uri").to_pylist(),
+                                                  table.column("processed_at").to_pylist())) if (u, t) not in gone]
+        dropped += table.num_rows - len(keep)
+        if keep:  # the kept rows are committed under their own name first, then the old file goes
+            kept = table.take(pa.array(keep, pa.int64()))
+            if set(kept.column_names) == set(TRANSCRIPT_SCHEMA.names):
+                kept = kept.select(TRANSCRIPT_SCHEMA.names).cast(TRANSCRIPT_SCHEMA)
+            if commit(kept, output_uri, storage_options) == path.rsplit("/", 1)[-1]:
+                continue  # same rows, same name: nothing else to remove
+        fs.rm(path)
+    return dropped
 
 
 def read_output(output_uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:

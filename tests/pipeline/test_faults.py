@@ -119,3 +119,36 @@ def test_a_missing_model_fails_fast_naming_it(bad, audio_dir, tmp_path, capsys, 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["transcribe", str(audio_dir), str(tmp_path / "out"), "--model", bad, "--no-progress"]) == 2
     assert bad in capsys.readouterr().err
+
+
+def test_retry_errors_replaces_retryable_rows_exactly_once(ray_data, model_dir, audio_dir, tmp_path):
+    import json as _json
+
+    from pipeline.sink import commit, row_index
+
+    late = audio_dir.parent / "late.wav"  # listed, but not there yet: a read error
+    manifest = tmp_path / "inputs.jsonl"
+    uris = [str(audio_dir / c) for c in CLIPS] + [str(late)]
+    manifest.write_text("".join(_json.dumps({"audio_uri": u}) + "\n" for u in uris))
+    out = tmp_path / "out"
+    cfg = TranscribeConfig(str(manifest), str(out), model_dir, gpus_per_actor=0, progress=False, window_rows=8)
+    run(cfg, transcriber=OomOnLongInputs)  # long clips: oom rows; late.wav: a read row
+    kinds = {r["audio_uri"]: r["error_kind"] for r in read_output(str(out)).to_pylist()}
+    assert kinds[str(late)] == "read" and "oom" in kinds.values()
+    shutil.copy(audio_dir / CLIPS[0], late)  # the file arrives; memory is enough now
+    assert run(cfg).get("files") == 0  # without --retry-errors the error rows are final
+    summary = run(TranscribeConfig(**{**cfg.__dict__, "retry_errors": True}))
+    rows = read_output(str(out)).to_pylist()
+    assert Counter(r["audio_uri"] for r in rows) == Counter(uris)  # one row each: replaced, not added
+    assert all(r["error"] is None for r in rows)
+    assert summary["replaced_error_rows"] == sum(k is not None for k in kinds.values())
+    # a retry killed between committing its rows and removing the old ones leaves duplicates: the next run cleans up
+    victim = next(r for r in rows if r["audio_uri"] == str(late))
+    from pipeline.schema import error_row, to_table
+
+    commit(to_table([error_row(str(late), "ReadError: file not found", "m", victim["processed_at"].replace(year=2000),
+                               kind="read")]), str(out))
+    assert row_index(str(out)).num_rows == len(uris) + 1
+    run(cfg)
+    final = read_output(str(out)).to_pylist()
+    assert Counter(r["audio_uri"] for r in final) == Counter(uris) and all(r["error"] is None for r in final)
