@@ -3,7 +3,8 @@
 Acquiring is an atomic create: `O_CREAT | O_EXCL` on a local filesystem, a conditional put
 (`If-None-Match: *`) on S3. A second concurrent run finds the lease held and is refused, naming the
 owner and how fresh its heartbeat is. A lease whose heartbeat is older than `timeout_s` (a driver
-killed without a chance to release it) is taken over, atomically too: on S3 by a put conditional on
+killed without a chance to release it) is taken over, and so is one whose owner ran on this host as a
+process that no longer exists (a driver killed a minute ago need not be waited for); atomically too: on S3 by a put conditional on
 the stale lease's ETag (`If-Match`), locally by renaming the stale file away (only one renamer can
 succeed) and creating a new one. While the job runs, a thread renews the heartbeat every
 `timeout_s / 4` (at most 60 s), with the same conditions; if another run has taken the lease over,
@@ -33,6 +34,21 @@ class LeaseHeld(RuntimeError):
 
 def _now() -> float:
     return time.time()
+
+
+def _owner_is_gone(owner: str) -> bool:
+    """True when `owner` (host:pid:nonce) names a process on this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 class Lease:
@@ -86,7 +102,7 @@ class Lease:
             if current is None:
                 continue  # released meanwhile
             age = self.clock() - float(current.get("heartbeat", 0.0))
-            if age < self.timeout_s:
+            if age < self.timeout_s and not _owner_is_gone(str(current.get("owner", ""))):
                 raise LeaseHeld(
                     f"{self.output_uri} is being written by another run ({current.get('owner')}, heartbeat "
                     f"{age:.0f} s ago, started {current.get('started')}); one job per OUTPUT. If that run is "

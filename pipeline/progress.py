@@ -1,4 +1,4 @@
-"""A one-line progress bar on stderr: files done / total, audio seconds, errors, throughput.
+"""A one-line progress bar on stderr: files done / total, audio hours, errors, throughput, ETA.
 
 Redrawn in place on a terminal; on a pipe or log file, one line every LOG_EVERY_S seconds.
 """
@@ -28,10 +28,11 @@ class Progress:
         elapsed = max(time.monotonic() - self.t0, 1e-9)
         frac = done / self.total if self.total else 1.0
         bar = "#" * int(frac * BAR_WIDTH)
+        eta = f"ETA {format_eta(elapsed / done * (self.total - done))}" if 0 < done < self.total else ""
         self.line = (
             f"[{bar:<{BAR_WIDTH}}] {done}/{self.total} files  {audio_s / 3600:.3f} h audio  "
-            f"{errors} errors  {audio_s / elapsed:.1f} audio-s/s"
-        )
+            f"{errors} errors  {audio_s / elapsed:.1f} audio-s/s  {eta}"
+        ).rstrip()
         if self.tty:
             self.stream.write("\r" + self.line)
             self.stream.flush()
@@ -44,3 +45,13 @@ class Progress:
         if self.enabled and self.tty and self.line:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def format_eta(seconds: float) -> str:
+    """12 s, 3 min 04 s, 2 h 05 min: files left at the rate so far."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

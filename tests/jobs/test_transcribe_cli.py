@@ -37,16 +37,14 @@ def test_help_lists_the_options():
         assert opt in text
 
 
-def test_missing_input_fails_fast_naming_it(tmp_path, capsys):
-    (tmp_path / "m").mkdir()
-    assert main(["transcribe", str(tmp_path / "nope"), str(tmp_path / "out"), "--model", str(tmp_path / "m")]) == 2
+def test_missing_input_fails_fast_naming_it(tmp_path, capsys, model_dir):
+    assert main(["transcribe", str(tmp_path / "nope"), str(tmp_path / "out"), "--model", model_dir]) == 2
     assert "nope does not exist" in capsys.readouterr().err
 
 
-def test_unwritable_output_fails_fast_naming_it(tmp_path, capsys):
-    (tmp_path / "m").mkdir()
+def test_unwritable_output_fails_fast_naming_it(tmp_path, capsys, model_dir):
     (tmp_path / "blocker").write_text("a file, not a folder")
-    assert main(["transcribe", str(AUDIO), str(tmp_path / "blocker" / "out"), "--model", str(tmp_path / "m")]) == 2
+    assert main(["transcribe", str(AUDIO), str(tmp_path / "blocker" / "out"), "--model", model_dir]) == 2
     assert "blocker/out is not writable" in capsys.readouterr().err
 
 
@@ -110,9 +108,10 @@ def test_killed_driver_is_resumed_exactly_once(model_dir, tmp_path):
     proc.communicate()
     partial = read_output(str(out)).column("audio_uri").to_pylist()
     assert 0 < len(partial) < len(inputs), "the driver should have been killed mid-job"
-    proc = cli(*argv)
+    proc = cli(*argv)  # the killed driver's lease is fresh, but its process is gone: taken over at once
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
+    assert "took over a stale lease" in stderr
     uris = read_output(str(out)).column("audio_uri").to_pylist()
     assert Counter(uris) == Counter(inputs)  # every input exactly once
     summary = json.loads(stdout.strip().splitlines()[-1])

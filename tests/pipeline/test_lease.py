@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -75,4 +76,17 @@ def test_unreadable_lease_counts_as_stale_after_the_timeout(tmp_path):
     (out / LEASE_FILE).write_text("{not json")
     lease = Lease(str(out), timeout_s=1).acquire()
     assert json.loads((out / LEASE_FILE).read_text())["owner"] == lease.owner
+    lease.release()
+
+
+def test_a_lease_whose_process_is_gone_is_taken_over_at_once(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.run([sys.executable, "-c", f"from pipeline.lease import Lease; l = Lease({str(out)!r}).acquire(); print(l.owner)"],
+                            capture_output=True, text=True, check=True, cwd=str(Path(__file__).resolve().parents[2]))
+    gone = holder.stdout.strip()  # that process exited without releasing
+    lease = Lease(str(out), timeout_s=600).acquire()
+    assert lease.taken_over["owner"] == gone
     lease.release()
