@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 # The bundled demo model (trained by the project, a few MB); used when --model is not given.
@@ -146,6 +148,38 @@ def connect(address: str | None) -> bool:
     return True
 
 
+RAY_CONSOLE_LOG = os.path.join(tempfile.gettempdir(), f"parakeet-ray-console-{os.getpid()}.log")
+
+
+@contextlib.contextmanager
+def native_stderr_to(path: str):
+    """Send file descriptor 2 (what native code such as Ray's C++ core worker prints) to `path`, while
+    Python's sys.stderr (our progress bar and messages) keeps writing to the console. A no-op when
+    sys.stderr is not the process's fd 2 (a captured or replaced stream)."""
+    try:
+        real = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real = False
+    if not real:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    console = os.fdopen(os.dup(saved), "w", buffering=1)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+    previous, sys.stderr = sys.stderr, console
+    try:
+        yield
+    finally:
+        console.flush()
+        sys.stderr = previous
+        os.dup2(saved, 2)
+        os.close(saved)
+        console.close()
+
+
 def _cause(e: BaseException) -> str:
     """The innermost cause of a Ray task failure, as 'Type: message' (first line)."""
     while True:
@@ -178,23 +212,24 @@ def run_command(args: argparse.Namespace) -> int:
             if lease.taken_over:
                 print(f"took over a stale lease on {cfg.output_uri} from {lease.taken_over.get('owner')}", file=sys.stderr)
             plan = prepare(cfg)  # INPUT and OUTPUT are checked before Ray starts
-            started = connect(args.address)
-            from ray.data import DataContext
+            with native_stderr_to(RAY_CONSOLE_LOG):  # Ray's C++ console lines go to a log file, ours stay
+                started = connect(args.address)
+                from ray.data import DataContext
 
-            DataContext.get_current().enable_progress_bars = False  # our one-line bar replaces Ray's per-operator bars
-            try:
-                summary = run(cfg, plan, lease=lease)
-            finally:
-                if started:
-                    import ray
+                DataContext.get_current().enable_progress_bars = False  # our one-line bar replaces Ray's bars
+                try:
+                    summary = run(cfg, plan, lease=lease)
+                finally:
+                    if started:
+                        import ray
 
-                    ray.shutdown()
+                        ray.shutdown()
     except (UsageError, InputError, OutputError, LeaseHeld) as e:
         print(f"parakeet-ray transcribe: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # the model stage failed for a reason no single input explains: the job fails
         print(f"parakeet-ray transcribe: failed: {_cause(e)}\n(inputs already committed stay; rerun after the fix "
-              f"to transcribe the rest)", file=sys.stderr)
+              f"to transcribe the rest; Ray's console output: {RAY_CONSOLE_LOG})", file=sys.stderr)
         return 1
     print(format_summary(summary))
     print(json.dumps(summary))

@@ -1,7 +1,7 @@
 """Audio decoding shared by `ParakeetTDT.transcribe`, the Ray pipeline and fine-tuning.
 
-libsndfile (soundfile) first, for what it reads (wav, flac, ogg/vorbis/opus, mp3, aiff, ...); FFmpeg
-through PyAV (`av`, whose wheels bundle FFmpeg) for everything else: m4a/mp4/aac, mov, mkv/webm, wma/asf,
+libsndfile (soundfile) first, for what it reads and decodes faster (wav, flac, ogg/vorbis, mp3, aiff, ...); FFmpeg
+through PyAV (`av`, whose wheels bundle FFmpeg) for everything else (and Opus): m4a/mp4/aac, mov, mkv/webm, wma/asf,
 ac3/eac3, amr, 3gp and other containers, audio or video. The first audio stream is decoded, as a stream
 (memory is the decoded audio, not the file), downmixed to mono by the channel mean and resampled to the
 model rate with soxr (HQ).
@@ -112,6 +112,8 @@ def _decode_soundfile(source, label: str) -> tuple[np.ndarray, int] | None:
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
         return None  # unknown to libsndfile (m4a, mp4, ...), or damaged: FFmpeg gets its say
     with f:
+        if (f.format, f.subtype) == ("OGG", "OPUS"):
+            return None  # FFmpeg decodes Opus faster (596x against 367x real time per core, tests/perf/bench_decode.py)
         rate, frames = f.samplerate, f.frames
         if f.format not in ("WAV", "WAVEX", "RF64", "W64"):
             declared = frames if f.format == "FLAC" else None  # FLAC's STREAMINFO total; others: unknown

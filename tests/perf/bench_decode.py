@@ -62,7 +62,8 @@ def main() -> None:
         mean = lambda xs: sum(xs) / len(xs) if all(x is not None for x in xs) else None  # noqa: E731
         s, f = mean(sndfile), mean(ffmpeg)
         used = "libsndfile" if s is not None else "FFmpeg"
-        print(f"{label:<12} {s if s is None else round(s):>15} {f if f is None else round(f):>11}  {used}")
+        cell = lambda v: "-" if v is None else str(round(v))  # noqa: E731
+        print(f"{label:<12} {cell(s):>15} {cell(f):>11}  {used}")
 
 
 if __name__ == "__main__":
