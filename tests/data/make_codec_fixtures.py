@@ -50,7 +50,8 @@ CODECS = {
     "eac3": ("eac3", "eac3", "eac3", 48000, None, False),
 }
 
-BIT_RATES = {"wmav2": 64000, "aac": 64000, "libopus": 32000, "libmp3lame": 64000}  # typical podcast / voice-note rates
+BIT_RATES = {"wmav2": 64000, "aac": 64000, "libopus": 32000, "libmp3lame": 64000,  # typical podcast / voice-note rates
+             "libopencore_amrnb": 12200}  # AMR-NB 12.2 kbps, what phones use (the encoder defaults to 5.15)
 
 # name: expected error kind
 BAD = {

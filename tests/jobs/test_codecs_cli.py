@@ -2,9 +2,10 @@
 the bundled demo model), against the WAV sources they were encoded from (tests/data/make_codec_fixtures.py).
 
 Lossless formats must give the WAV's transcript exactly, with times within 0.08 s (one encoder frame);
-lossy ones a word error rate against the WAV's transcript of at most 10 %, except the narrowband speech
-codec (AMR: 8 kHz telephone band) and WMA (FFmpeg's encoder drops the first 32 ms, the demo model's
-first words with it), whose measured rates are bounded here and reported in docs/pipeline.md.
+lossy ones a word error rate against the WAV's transcript of at most 10 %, except WMA: FFmpeg's own WMA
+encoder/decoder pair loses the first 32 ms (its decoder drops two 512-sample packets of priming the encoder
+wrote for one), and these clips start speaking at their first sample, so the demo model loses first words
+(26 % here; 5 % when the same clips have 0.1 s of lead-in, as recordings do). docs/pipeline.md has the figures.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 GOOD = REPO / "tests" / "data" / "codecs" / "good"
 SOURCES = REPO / "examples" / "audio"
 LOSSLESS = {"flac", "alac", "mkv-flac", "mov-pcm"}
-LOOSER = {"amr": 0.30, "3gp-amr": 0.30, "wma": 0.30}  # see the module docstring
+LOOSER = {"wma": 0.30}  # see the module docstring
 
 
 def _norm(text: str) -> str:
