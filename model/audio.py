@@ -68,12 +68,11 @@ def decode_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE, name: str 
     if decoded is None:  # not a format libsndfile knows: FFmpeg
         _rewind(source)
         decoded = _decode_ffmpeg(source, label)
-    data, sr = decoded
-    if data.shape[0] == 0:
+    mono, sr = decoded
+    if mono.shape[0] == 0:
         raise AudioDecodeError(label, "no audio samples (zero length)", "empty")
-    if not np.isfinite(data).all():
+    if not np.isfinite(mono).all():
         raise AudioDecodeError(label, "audio contains NaN or infinite samples", "not_finite")
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if sr != sample_rate:
         mono = soxr.resample(mono, sr, sample_rate, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32), int(sr)
@@ -103,8 +102,16 @@ def _check_length(label: str, declared_frames: int | None, decoded_frames: int, 
 
 
 # ---- libsndfile ------------------------------------------------------------------------------------
+BLOCK_FRAMES = 1 << 20  # frames read (and downmixed) at a time: memory holds mono audio, not every channel
+
+
+def _mono(block: np.ndarray) -> np.ndarray:
+    """(frames, channels) -> (frames,) by the channel mean."""
+    return block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0].copy()
+
+
 def _decode_soundfile(source, label: str) -> tuple[np.ndarray, int] | None:
-    """(frames x channels float32, rate), or None when libsndfile does not recognise the format."""
+    """(mono float32 (N,), rate), or None when libsndfile does not recognise the format."""
     declared = _wav_declared_frames(source)
     _rewind(source)
     try:
@@ -117,12 +124,18 @@ def _decode_soundfile(source, label: str) -> tuple[np.ndarray, int] | None:
         rate, frames = f.samplerate, f.frames
         if f.format not in ("WAV", "WAVEX", "RF64", "W64"):
             declared = frames if f.format == "FLAC" else None  # FLAC's STREAMINFO total; others: unknown
+        blocks = []
         try:
-            data = f.read(dtype="float32", always_2d=True)
+            while True:
+                block = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+                if not len(block):
+                    break
+                blocks.append(_mono(block))
         except (sf.LibsndfileError, RuntimeError) as e:
             reason = getattr(e, "error_string", None) or str(e)
             raise AudioDecodeError(label, f"truncated: the decoder stopped mid-stream ({reason})", "truncated") from e
-    _check_length(label, declared, data.shape[0], rate)
+    data = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    _check_length(label, declared, len(data), rate)
     return data, rate
 
 
@@ -175,7 +188,7 @@ def _decode_ffmpeg(source, label: str) -> tuple[np.ndarray, int]:
                     rate = frame.sample_rate
                 for out in resampler.resample(frame):
                     x = out.to_ndarray().reshape(-1, len(out.layout.channels))  # (samples, channels)
-                    chunks.append(x)
+                    chunks.append(_mono(x))
                     n += len(x)
         except av.error.FFmpegError as e:
             if n == 0:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 
 from jobs.cli import main
@@ -59,17 +61,30 @@ def test_local_folder_with_bad_inputs(ray_data, model_dir, loaded_model, audio_d
 def test_s3_to_s3_end_to_end(ray_data, model_dir, loaded_model, s3_bucket):
     import s3fs
 
+    from tests.pipeline.corpus import CODEC_BAD
+
     fs = s3fs.S3FileSystem()
     for name in CLIPS:
         fs.put(str(AUDIO / name), f"{s3_bucket}/audio/{name}")
+    good = CODEC_BAD.parent / "good"
+    ffmpeg_only = ["example_1.aac.m4a", "example_1.mp4-video.mp4", "example_1.mkv-opus.mkv"]  # PyAV over s3fs files
+    for name in ffmpeg_only:
+        fs.put(str(good / name), f"{s3_bucket}/audio/{name}")
+    fs.put(str(CODEC_BAD / "truncated.m4a"), f"{s3_bucket}/audio/truncated.m4a")
     assert transcribe(f"s3://{s3_bucket}/audio/", f"s3://{s3_bucket}/out", model_dir, "--batch-seconds", "8") == 0
     files = fs.glob(f"{s3_bucket}/out/transcripts/*.parquet")
     table = pq.ParquetDataset(files, filesystem=fs).read()
-    assert sorted(table.column("audio_uri").to_pylist()) == [f"s3://{s3_bucket}/audio/{n}" for n in CLIPS]
+    names = CLIPS + ffmpeg_only + ["truncated.m4a"]
+    assert sorted(table.column("audio_uri").to_pylist()) == sorted(f"s3://{s3_bucket}/audio/{n}" for n in names)
+    rows = {r["audio_uri"].rsplit("/", 1)[-1]: r for r in table.to_pylist()}
+    assert rows["truncated.m4a"]["error_kind"] == "truncated"
+    for n in ffmpeg_only:  # decoded by FFmpeg straight from s3fs file objects: the whole sentence, every container
+        assert rows[n]["error"] is None and abs(rows[n]["duration_s"] - 2.924) < 0.05, (n, rows[n]["error"], rows[n]["duration_s"])
+    table = table.filter(pa.compute.is_in(table.column("audio_uri"), value_set=pa.array([f"s3://{s3_bucket}/audio/{n}" for n in CLIPS])))
     assert table.column("error").null_count == len(CLIPS)
     assert assert_matches_model(table, loaded_model, {f"s3://{s3_bucket}/audio/{n}": str(AUDIO / n) for n in CLIPS}) == len(CLIPS)
     assert fs.find(f"{s3_bucket}/out/{TMP_DIR}") == []
-    assert json.loads(fs.cat(f"{s3_bucket}/out/_summary.json"))["files"] == len(CLIPS)
+    assert json.loads(fs.cat(f"{s3_bucket}/out/_summary.json"))["files"] == len(names)
 
 
 def test_resume_after_limit_and_after_a_killed_run(ray_data, model_dir, audio_dir, tmp_path):
