@@ -48,9 +48,11 @@ class ParakeetTDT(nn.Module):
     def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """waveforms (B, N) float at 16 kHz, lengths (B,) samples -> (encoded (B, T, D), lengths (B,)).
 
-        Features are computed in float32; the encoder runs in the model's dtype.
+        Features are computed in float32; the encoder runs in the model's dtype. A batch in pinned host
+        memory is copied to a GPU without blocking.
         """
-        waveforms, lengths = waveforms.to(self.device), lengths.to(self.device)
+        blocking = not waveforms.is_pinned()
+        waveforms, lengths = waveforms.to(self.device, non_blocking=not blocking), lengths.to(self.device)
         feats, feat_lengths = self.preprocessor(waveforms, lengths)
         return self.encoder(feats.to(self.dtype), feat_lengths)
 

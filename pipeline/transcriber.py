@@ -186,7 +186,10 @@ class Transcriber:
 
     def _forward(self, arrays: list[np.ndarray]) -> list[model.Transcript]:
         lengths = torch.tensor([len(a) for a in arrays])  # (B,) samples
-        waveforms = torch.zeros(len(arrays), int(lengths.max()))  # (B, N)
+        # On a GPU the padded batch is built in pinned host memory, so its copy to the device is a
+        # non-blocking DMA (ParakeetTDT.encode) rather than a staged, synchronous one.
+        pinned = self.device.startswith("cuda")
+        waveforms = torch.zeros(len(arrays), int(lengths.max()), pin_memory=pinned)  # (B, N)
         for row, a in enumerate(arrays):
             waveforms[row, : len(a)].numpy()[:] = a  # via numpy: Arrow-backed arrays are read-only
         return self.model.transcribe_waveforms(waveforms, lengths, decoding=self.decoding, confidence=self.confidence)
