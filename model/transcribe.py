@@ -74,9 +74,18 @@ def _num_samples(item, sample_rate: int) -> int:
         return len(item)
     try:
         info = sf.info(os.fspath(item))
+        return int(info.frames * sample_rate / info.samplerate)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
-        return len(_to_array(item, sample_rate))  # decode_audio raises the error naming the file
-    return int(info.frames * sample_rate / info.samplerate)
+        pass
+    try:  # a container FFmpeg reads: its declared duration (sorting needs no exact length)
+        import av
+
+        with av.open(os.fspath(item)) as container:
+            if container.streams.audio and container.duration:
+                return int(container.duration / 1_000_000 * sample_rate)
+    except Exception:  # noqa: BLE001 - any failure: decode_audio below raises the error naming the file
+        pass
+    return len(_to_array(item, sample_rate))
 
 
 def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
