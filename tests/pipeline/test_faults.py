@@ -10,8 +10,8 @@ import shutil
 import sys
 from collections import Counter
 
-import cloudpickle
 import pytest
+from ray import cloudpickle  # the serializer Ray itself uses (vendored)
 
 from jobs.cli import main
 from pipeline.job import TranscribeConfig, run
