@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -114,6 +115,14 @@ def decode_concurrency(cfg: TranscribeConfig, actors: int, gpus_per_actor: float
     return actors * (DECODERS_PER_GPU_ACTOR if gpus_per_actor > 0 else 1)
 
 
+def describe_plan(cfg: TranscribeConfig, actors: int, gpus_per_actor: float) -> str:
+    """One line: how the job will use the cluster."""
+    device = f"{gpus_per_actor:g} GPU" if gpus_per_actor else f"{max(1, int(cfg.cpus_per_actor))} CPU thread(s)"
+    return (f"plan: {actors} model actor(s) x {device}, {decode_concurrency(cfg, actors, gpus_per_actor)} decode task(s), "
+            f"batches of <= {cfg.batch_seconds:g} s padded audio, {cfg.window_rows} inputs per actor call, "
+            f"chunks of <= {cfg.chunk_seconds:g} s")
+
+
 def build_dataset(cfg: TranscribeConfig, inputs: pa.Array, actors: int, gpus_per_actor: float, transcriber: type = Transcriber):
     """The Ray Dataset of transcript rows (schema columns + actor_id/gpu_ids), not yet committed.
     `transcriber`: the model stage's class (Transcriber; tests pass their own to inject faults)."""
@@ -196,6 +205,8 @@ def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Tra
     progress = Progress(len(plan.inputs), enabled=cfg.progress)
     if len(plan.inputs):
         actors, gpus_per_actor = resolve_resources(cfg, ray.cluster_resources())
+        if cfg.progress:
+            print(describe_plan(cfg, actors, gpus_per_actor), file=sys.stderr, flush=True)
         ds = build_dataset(cfg, plan.inputs, actors, gpus_per_actor, transcriber).map_batches(
             commit_batch, batch_size=cfg.rows_per_file, batch_format="pyarrow",
             fn_kwargs={"output_uri": cfg.output_uri, "storage_options": cfg.storage_options or None}, num_cpus=0.25,
