@@ -38,7 +38,9 @@ def register(subparsers) -> None:
                    help="Ray cluster to join: 'auto', 'ray://host:10001', or host:port; default: start a local Ray")
     p.add_argument("--actors", type=int, default=None, help="model actors (default: one per GPU, or 1 without GPUs)")
     p.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 if the cluster has GPUs, else 0)")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor; also torch threads on CPU (default: 1)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="Ray CPUs each actor reserves (default: 1)")
+    p.add_argument("--threads-per-actor", type=int, default=None,
+                   help="torch threads of a CPU actor (default: its node's cores shared by the actors on it)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda when the actor holds a GPU, else cpu")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
@@ -68,7 +70,8 @@ def register(subparsers) -> None:
                    help="transcribe again the inputs whose rows are retryable errors (error_kind read or oom) and "
                         "replace those rows (each input keeps exactly one row)")
     p.add_argument("--window-rows", type=int, default=None,
-                   help="inputs handed to an actor per call, sorted and batched by duration inside (default: 32)")
+                   help="inputs handed to an actor per call, sorted and batched by duration inside "
+                        "(default: 3 x --batch-seconds of audio, from the inputs' header durations)")
     p.add_argument("--decode-tasks", type=int, default=None,
                    help="concurrent decode tasks (default: 4 per GPU actor, 1 per CPU actor)")
     p.add_argument("--rows-per-file", type=int, default=None, help="rows per output Parquet file (default: 256)")
@@ -97,7 +100,7 @@ def build_config(args: argparse.Namespace):
         hint = " (the bundled demo model is not built in this checkout; pass --model)" if model_uri == DEFAULT_MODEL else ""
         raise UsageError(f"model {model_uri} does not exist{hint}")
     extra = {}
-    for name in ("batch_seconds", "chunk_seconds", "rows_per_file", "window_rows", "decode_tasks"):
+    for name in ("batch_seconds", "chunk_seconds", "rows_per_file", "window_rows", "decode_tasks", "threads_per_actor"):
         if getattr(args, name) is not None:
             extra[name] = getattr(args, name)
     if args.extensions:

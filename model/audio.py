@@ -208,3 +208,28 @@ def _ffmpeg_declared_frames(container, stream, rate: int) -> int | None:
     if container.duration is not None:
         return int(container.duration / 1_000_000 * rate)  # AV_TIME_BASE units
     return None
+
+
+def probe_duration(source) -> float | None:
+    """Seconds of audio a file's header declares (libsndfile, else FFmpeg's container metadata), without
+    decoding; None when neither says. For planning only (decode_audio checks the real length)."""
+    try:
+        info = sf.info(source)
+        if info.frames > 0 and info.samplerate > 0:
+            return info.frames / info.samplerate
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        pass
+    _rewind(source)
+    try:
+        import av
+
+        with av.open(source if not isinstance(source, os.PathLike) else os.fspath(source)) as container:
+            if container.streams.audio:
+                stream = container.streams.audio[0]
+                if stream.duration is not None and stream.time_base is not None:
+                    return float(stream.duration * stream.time_base)
+                if container.duration:
+                    return container.duration / 1_000_000
+    except Exception:  # noqa: BLE001 - an unreadable header: no estimate
+        return None
+    return None

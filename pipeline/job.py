@@ -2,6 +2,7 @@
 -> commit Parquet (CPU tasks), streamed by Ray Data; progress and a summary on the driver."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +30,15 @@ DECODE_CPUS = 1.0  # per decode task
 DECODE_MEMORY_BYTES = 512 * 1024**2  # per decode task: the worker (torch imported) plus a few files of audio
 DECODERS_PER_GPU_ACTOR = 4
 MAX_BLOCK_ROWS = 32  # inputs per listing block: bounds decode-task size, keeps block count modest
+# Sizing from the inputs' durations (median of a sample of headers), measured on this 2-core box with the demo
+# model and 400 clips of 4-20 s (tests/perf/bench_pipeline.py): window 32 -> 128 -> 512 inputs took the job from
+# 26.9 to 20.6 to 18.1 s, decode batches of 4 -> 32 inputs from 26.9 to 24.4 s, 2 torch threads beat 1 (20.6 / 23.2 s).
+WINDOW_BATCHES = 8  # an actor call holds about this many --batch-seconds of audio: sorted over, padding stays low
+MAX_WINDOW_ROWS = 1024
+DECODE_TASK_SECONDS = 400.0  # audio per decode task (~26 MB of 16 kHz float32)
+MAX_DECODE_ROWS = 64
+DEFAULT_WINDOW_ROWS, DEFAULT_DECODE_ROWS = 32, 4  # when no input's duration can be read from its header
+DURATION_SAMPLE = 32  # headers read to estimate the typical duration
 
 
 @dataclass(frozen=True)
@@ -40,15 +50,16 @@ class TranscribeConfig:
     model_uri: str
     actors: int | None = None  # Transcriber actors; default: one per GPU (or 1 on CPU clusters)
     gpus_per_actor: float | None = None  # default: 1 if the cluster has GPUs, else 0
-    cpus_per_actor: float = 1.0  # also the actor's torch thread count on CPU
+    cpus_per_actor: float = 1.0  # Ray CPUs each actor reserves
+    threads_per_actor: int | None = None  # torch threads of a CPU actor; None: its node's cores / CPU actors there
     device: str = "auto"  # auto: cuda when Ray assigned a GPU, else cpu
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or fp32 / bf16 / fp16
     decoding: str | None = None  # greedy_batch / greedy; None: the checkpoint's decoding strategy
     confidence: ConfidenceConfig | None = DEFAULT_CONFIDENCE  # None: no confidence scores
     batch_seconds: float = DEFAULT_BATCH_SECONDS  # padded audio seconds per model call
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS  # longer inputs are chunked and stitched
-    window_rows: int = 32  # inputs handed to an actor per call (sorted and batched by duration inside)
-    decode_rows: int = 4  # inputs per decode batch
+    window_rows: int | None = None  # inputs per actor call (sorted, batched inside); None: WINDOW_BATCHES batches' worth
+    decode_rows: int | None = None  # inputs per decode task; None: about DECODE_TASK_SECONDS of audio
     rows_per_file: int = DEFAULT_ROWS_PER_FILE  # rows per committed Parquet file
     decode_tasks: int | None = None  # concurrent decode tasks; default: see decode_concurrency()
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
@@ -65,8 +76,8 @@ class TranscribeConfig:
         for name in ("batch_seconds", "chunk_seconds", "cpus_per_actor"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("window_rows", "decode_rows", "rows_per_file"):
-            if getattr(self, name) < 1:
+        for name in ("window_rows", "decode_rows", "rows_per_file", "threads_per_actor"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.decode_tasks is not None and self.decode_tasks < 1:
             raise ValueError(f"decode_tasks must be >= 1, got {self.decode_tasks}")
@@ -96,6 +107,22 @@ def pending_inputs(cfg: TranscribeConfig) -> tuple[pa.Array, int]:
     return inputs, skipped
 
 
+def node_cores() -> tuple[int, int]:
+    """(cores of the smallest alive node, alive nodes) of the connected Ray cluster. A node advertising
+    more logical CPUs than the machine has (the embedded local cluster oversubscribes on purpose, so
+    decode and commit tasks can always be scheduled) counts its real cores when it is this machine."""
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = [int(n.get("Resources", {}).get("CPU", 0)) for n in alive] or [os.cpu_count() or 1]
+    here = ray.util.get_node_ip_address() if ray.is_initialized() else None
+    local = [int(n["Resources"].get("CPU", 0)) for n in alive if n.get("NodeManagerAddress") == here]
+    smallest = min(cpus)
+    if len(alive) <= 1 and local:
+        smallest = min(smallest, os.cpu_count() or smallest)
+    return max(1, smallest), max(1, len(alive))
+
+
 def resolve_resources(cfg: TranscribeConfig, cluster: dict[str, float]) -> tuple[int, float]:
     """(actors, gpus per actor) from the config and `ray.cluster_resources()`."""
     gpus = cluster.get("GPU", 0.0)
@@ -115,9 +142,50 @@ def decode_concurrency(cfg: TranscribeConfig, actors: int, gpus_per_actor: float
     return actors * (DECODERS_PER_GPU_ACTOR if gpus_per_actor > 0 else 1)
 
 
+def typical_duration(cfg: TranscribeConfig, inputs: pa.Array) -> float | None:
+    """Median duration in seconds of up to DURATION_SAMPLE inputs spread over the list, from their headers
+    (soundfile, else the container's metadata; nothing is decoded). None if none could be read."""
+    from model.audio import probe_duration
+
+    if not len(inputs):
+        return None
+    step = max(1, len(inputs) // DURATION_SAMPLE)
+    found = []
+    for uri in inputs[::step][:DURATION_SAMPLE].to_pylist():
+        try:
+            fs, path = filesystem(uri, cfg.storage_options or None)
+            with fs.open(path, "rb") as f:
+                d = probe_duration(f)
+        except (OSError, ValueError):
+            d = None
+        if d:
+            found.append(d)
+    return float(sorted(found)[len(found) // 2]) if found else None
+
+
+def size_to_inputs(cfg: TranscribeConfig, duration_s: float | None, actors: int, gpus_per_actor: float,
+                   node_cores: int, nodes: int = 1) -> TranscribeConfig:
+    """`cfg` with the automatic sizes filled in (given values are kept):
+    - window_rows: WINDOW_BATCHES x batch_seconds of audio per actor call, so short clips fill GPU batches and
+      long files stay few (memory: about WINDOW_BATCHES x batch_seconds of audio per actor);
+    - decode_rows: about DECODE_TASK_SECONDS of audio per decode task (one input when files are long);
+    - threads_per_actor (CPU actors): the node's cores shared by the actors placed on it."""
+    changes = {}
+    if cfg.window_rows is None:
+        rows = DEFAULT_WINDOW_ROWS if not duration_s else round(WINDOW_BATCHES * cfg.batch_seconds / duration_s)
+        changes["window_rows"] = max(1, min(MAX_WINDOW_ROWS, rows))
+    if cfg.decode_rows is None:
+        rows = DEFAULT_DECODE_ROWS if not duration_s else round(DECODE_TASK_SECONDS / duration_s)
+        changes["decode_rows"] = max(1, min(MAX_DECODE_ROWS, rows))
+    if cfg.threads_per_actor is None:
+        per_node = max(1, -(-actors // max(1, nodes)))  # ceil
+        changes["threads_per_actor"] = 1 if gpus_per_actor else max(1, node_cores // per_node)
+    return dataclasses.replace(cfg, **changes)
+
+
 def describe_plan(cfg: TranscribeConfig, actors: int, gpus_per_actor: float) -> str:
     """One line: how the job will use the cluster."""
-    device = f"{gpus_per_actor:g} GPU" if gpus_per_actor else f"{max(1, int(cfg.cpus_per_actor))} CPU thread(s)"
+    device = f"{gpus_per_actor:g} GPU" if gpus_per_actor else f"{cfg.threads_per_actor or 1} CPU thread(s)"
     return (f"plan: {actors} model actor(s) x {device}, {decode_concurrency(cfg, actors, gpus_per_actor)} decode task(s), "
             f"batches of <= {cfg.batch_seconds:g} s padded audio, {cfg.window_rows} inputs per actor call, "
             f"chunks of <= {cfg.chunk_seconds:g} s")
@@ -137,7 +205,7 @@ def decoded(cfg: TranscribeConfig, inputs: pa.Array, decoders: int | None = None
     block_rows = max(1, min(MAX_BLOCK_ROWS, math.ceil(len(inputs) / 64)))
     blocks = [pa.table({"audio_uri": inputs[i : i + block_rows]}) for i in range(0, len(inputs), block_rows)]
     return ray.data.from_arrow(blocks).map_batches(
-        decode_batch, batch_size=cfg.decode_rows, batch_format="numpy",
+        decode_batch, batch_size=cfg.decode_rows or DEFAULT_DECODE_ROWS, batch_format="numpy",
         fn_kwargs={"storage_options": cfg.storage_options or None}, num_cpus=DECODE_CPUS,
         compute=ray.data.TaskPoolStrategy(size=decoders),
         # Reserving memory for decoded audio also keeps Ray Data from fusing decoding into the model
@@ -156,10 +224,11 @@ def transcribed(cfg: TranscribeConfig, ds, actors: int, gpus_per_actor: float, t
             model_uri=_absolute(cfg.model_uri), model_label=cfg.model_uri, device=cfg.device, precision=cfg.precision,
             batch_seconds=cfg.batch_seconds, chunk_seconds=cfg.chunk_seconds, decoding=cfg.decoding,
             confidence=cfg.confidence,
-            num_threads=max(1, int(cfg.cpus_per_actor)),
+            num_threads=cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor)),
         ),
         compute=ray.data.ActorPoolStrategy(size=actors),
-        batch_size=cfg.window_rows, batch_format="numpy", num_cpus=cfg.cpus_per_actor, num_gpus=gpus_per_actor,
+        batch_size=cfg.window_rows or DEFAULT_WINDOW_ROWS, batch_format="numpy", num_cpus=cfg.cpus_per_actor,
+        num_gpus=gpus_per_actor,
     )
 
 
@@ -205,6 +274,8 @@ def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Tra
     progress = Progress(len(plan.inputs), enabled=cfg.progress)
     if len(plan.inputs):
         actors, gpus_per_actor = resolve_resources(cfg, ray.cluster_resources())
+        cores, nodes = node_cores()
+        cfg = size_to_inputs(cfg, typical_duration(cfg, plan.inputs), actors, gpus_per_actor, cores, nodes)
         if cfg.progress:
             print(describe_plan(cfg, actors, gpus_per_actor), file=sys.stderr, flush=True)
         ds = build_dataset(cfg, plan.inputs, actors, gpus_per_actor, transcriber).map_batches(
