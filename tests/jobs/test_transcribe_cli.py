@@ -94,12 +94,13 @@ def test_killed_driver_is_resumed_exactly_once(model_dir, tmp_path):
     inp = tmp_path / "in"
     inp.mkdir()
     clips = sorted(p for p in AUDIO.iterdir() if p.suffix in (".wav", ".flac"))
-    for copy in range(3):
+    for copy in range(10):  # enough work that the first commit comes well before the last
         for clip in clips:
             shutil.copy(clip, inp / f"{copy}-{clip.name}")
     inputs = sorted(str(p) for p in inp.iterdir())
     out = tmp_path / "out"
-    argv = (str(inp), str(out), "--model", model_dir, "--rows-per-file", "1", "--no-progress", "--window-rows", "1")
+    argv = (str(inp), str(out), "--model", model_dir, "--rows-per-file", "1", "--no-progress", "--window-rows", "1",
+            "--threads-per-actor", "1")
     proc = cli(*argv)
     deadline = time.monotonic() + 240
     while not (out.exists() and committed_files(str(out))) and proc.poll() is None and time.monotonic() < deadline:
