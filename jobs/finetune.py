@@ -113,9 +113,15 @@ def train_func(config: dict) -> None:
                 open(marker, "w").close()
                 os._exit(1)  # a worker dying mid-run: Ray Train restarts the group from the last checkpoint
 
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        train(cfg, report, resume_from=resume, rank=rank, world=world, device=device,
-              wrap=lambda net: ray.train.torch.prepare_model(net), should_fail=should_fail)
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            train(cfg, report, resume_from=resume, rank=rank, world=world, device=device,
+                  wrap=lambda net: ray.train.torch.prepare_model(net), should_fail=should_fail)
+    finally:
+        if resume is not None:  # the downloaded checkpoint was read at the start (weights, tokenizer bytes)
+            import shutil
+
+            shutil.rmtree(resume, ignore_errors=True)
 
 
 SELECTED = "train_selected.parquet"  # the rows a run trains on, when --train is a transcribe OUTPUT or --where is given

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -174,6 +175,9 @@ def train(cfg: TrainConfig, report: Callable[[dict[str, Any], str | None], None]
             ckpt = os.path.join(work, f"epoch-{epoch:04d}")
             save_checkpoint(m, ckpt, {"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "best_wer": best})
         report(metrics, ckpt)
+        if ckpt:  # persisted by the reporter (Ray Train's storage, or OUTPUT/last): no local copy piles up
+            shutil.rmtree(ckpt, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     return m
 
 

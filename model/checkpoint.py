@@ -236,17 +236,9 @@ def _build_from_nemo_files(files: dict[str, Path], label: str) -> ParakeetTDT:
         tok_name = candidates[0]
     tokenizer = Tokenizer(spm_path=files[tok_name])
     state = torch.load(files["model_weights.ckpt"], map_location="cpu", weights_only=True)
-    model = ParakeetTDT(config, _detach(tokenizer))
+    model = ParakeetTDT(config, tokenizer)  # the tokenizer keeps its bytes: the temporary folder may go
     _load_state(model, nemo_to_ours(state), label)
     return model
-
-
-def _detach(tokenizer: Tokenizer) -> Tokenizer:
-    """Copy a tokenizer file out of a temporary folder into a private temp file that outlives it."""
-    fd, tmp = tempfile.mkstemp(prefix="parakeet-tok-", suffix=tokenizer.path.suffix)
-    os.close(fd)
-    shutil.copyfile(tokenizer.path, tmp)
-    return Tokenizer(spm_path=tmp) if tokenizer.path.suffix == ".model" else Tokenizer(hf_path=tmp)
 
 
 # ---- inspecting (no weights) ----------------------------------------------------------------

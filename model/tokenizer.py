@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 SPM_FILE = "tokenizer.model"
@@ -17,17 +16,18 @@ class Tokenizer:
         if (spm_path is None) == (hf_path is None):
             raise ValueError("give exactly one of spm_path / hf_path")
         self._spm = self._hf = None
+        # The file's bytes are kept: `save` writes them, so the file itself (often in a temporary folder
+        # of a .nemo extraction or a downloaded checkpoint) may be deleted once the tokenizer is built.
+        self._bytes = Path(spm_path if spm_path is not None else hf_path).read_bytes()
         if spm_path is not None:
             import sentencepiece as spm
 
-            self.path = Path(spm_path)
-            self._spm = spm.SentencePieceProcessor(model_file=str(spm_path))
+            self._spm = spm.SentencePieceProcessor(model_proto=self._bytes)
             self.pieces = [self._spm.id_to_piece(i) for i in range(self._spm.get_piece_size())]
         else:
             from tokenizers import Tokenizer as HFTokenizer
 
-            self.path = Path(hf_path)
-            self._hf = HFTokenizer.from_file(str(hf_path))
+            self._hf = HFTokenizer.from_str(self._bytes.decode("utf-8"))
             vocab = self._hf.get_vocab(with_added_tokens=True)
             inverse = {i: p for p, i in vocab.items()}
             # transformers folders include the blank/pad token as the last id: it is not text
@@ -60,10 +60,8 @@ class Tokenizer:
         return self._piece_index[piece]
 
     def save(self, folder: str | os.PathLike) -> None:
-        """Copy the tokenizer file into `folder` (tokenizer.model or tokenizer.json)."""
-        dest = Path(folder) / (SPM_FILE if self._spm is not None else HF_FILE)
-        if dest.resolve() != self.path.resolve():
-            shutil.copyfile(self.path, dest)
+        """Write the tokenizer file into `folder` (tokenizer.model or tokenizer.json)."""
+        (Path(folder) / (SPM_FILE if self._spm is not None else HF_FILE)).write_bytes(self._bytes)
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> "Tokenizer":
