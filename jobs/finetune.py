@@ -145,9 +145,12 @@ def select_training_rows(cfg):
     changes = {}
     for field_name, where in (("train", cfg.where), ("val", None)):
         source = getattr(cfg, field_name)
-        if source is None or (not _is_transcribe_output(source, cfg.storage_options) and where is None):
+        if source is None:
             continue
-        if _is_transcribe_output(source, cfg.storage_options):
+        is_output = _is_transcribe_output(source, cfg.storage_options)
+        if not is_output and where is None:
+            continue
+        if is_output:
             try:
                 con = connect(source, cfg.storage_options)
             except QueryError as e:

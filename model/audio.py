@@ -201,13 +201,19 @@ def _decode_ffmpeg(source, label: str) -> tuple[np.ndarray, int]:
     return data, int(rate)
 
 
-def _ffmpeg_declared_frames(container, stream, rate: int) -> int | None:
-    """The stream's declared length in samples (its duration, else the container's), if any."""
+def _ffmpeg_declared_seconds(container, stream) -> float | None:
+    """The stream's declared duration (else the container's) in seconds, if any."""
     if stream.duration is not None and stream.time_base is not None:
-        return int(stream.duration * stream.time_base * rate)
+        return float(stream.duration * stream.time_base)
     if container.duration is not None:
-        return int(container.duration / 1_000_000 * rate)  # AV_TIME_BASE units
+        return container.duration / 1_000_000  # AV_TIME_BASE units
     return None
+
+
+def _ffmpeg_declared_frames(container, stream, rate: int) -> int | None:
+    """The stream's declared length in samples at `rate`, if any."""
+    seconds = _ffmpeg_declared_seconds(container, stream)
+    return None if seconds is None else int(seconds * rate)
 
 
 def probe_duration(source) -> float | None:
@@ -225,11 +231,7 @@ def probe_duration(source) -> float | None:
 
         with av.open(source if not isinstance(source, os.PathLike) else os.fspath(source)) as container:
             if container.streams.audio:
-                stream = container.streams.audio[0]
-                if stream.duration is not None and stream.time_base is not None:
-                    return float(stream.duration * stream.time_base)
-                if container.duration:
-                    return container.duration / 1_000_000
+                return _ffmpeg_declared_seconds(container, container.streams.audio[0]) or None
     except Exception:  # noqa: BLE001 - an unreadable header: no estimate
         return None
     return None

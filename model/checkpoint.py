@@ -109,18 +109,37 @@ def load(source: str | os.PathLike, device: str | torch.device | None = None, dt
         with tempfile.TemporaryDirectory(prefix="parakeet-ckpt-") as tmp:
             model = _load_local(_fetch_remote(source, Path(tmp)), label=source)
     else:
-        path = Path(source.removeprefix("file://"))
-        if not path.exists():
-            if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
-                path = _fetch_hub(source)
-            else:
-                raise CheckpointError(f"{source}: no such file or folder")
-        model = _load_local(path, label=source)
+        path = _local_path(source)
+        model = _load_local(path if path is not None else _fetch_hub(source), label=source)
     if dtype is not None:
         model = model.to(dtype=dtype)
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+def _local_path(source: str) -> Path | None:
+    """An existing local path for `source` (no fsspec protocol), or None when it names a hub repo."""
+    path = Path(source.removeprefix("file://"))
+    if path.exists():
+        return path
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
+        return None
+    raise CheckpointError(f"{source}: no such file or folder")
+
+
+def _checkpoint_in(path: Path, label: str) -> tuple[str, Path]:
+    """What a local path holds: ("folder", path) with a config, or ("nemo", archive)."""
+    if path.is_dir():
+        if (path / OUR_CONFIG).exists() or (path / "config.json").exists():
+            return "folder", path
+        nemos = sorted(path.glob("*.nemo"))
+        if len(nemos) == 1:
+            return "nemo", nemos[0]
+        raise CheckpointError(f"{label}: folder has no config.json / {OUR_CONFIG} and no single .nemo file")
+    if tarfile.is_tarfile(path):
+        return "nemo", path
+    raise CheckpointError(f"{label}: not a .nemo archive (tar) nor a checkpoint folder")
 
 
 def _fetch_remote(uri: str, tmp: Path) -> Path:
@@ -152,16 +171,8 @@ def _fetch_hub(repo_id: str) -> Path:
 
 
 def _load_local(path: Path, label: str) -> ParakeetTDT:
-    if path.is_dir():
-        if (path / OUR_CONFIG).exists() or (path / "config.json").exists():
-            return _load_folder(path, label)
-        nemos = sorted(path.glob("*.nemo"))
-        if len(nemos) == 1:
-            return _load_nemo(nemos[0], label)
-        raise CheckpointError(f"{label}: folder has no config.json / {OUR_CONFIG} and no single .nemo file")
-    if tarfile.is_tarfile(path):
-        return _load_nemo(path, label)
-    raise CheckpointError(f"{label}: not a .nemo archive (tar) nor a checkpoint folder")
+    kind, found = _checkpoint_in(path, label)
+    return _load_folder(found, label) if kind == "folder" else _load_nemo(found, label)
 
 
 def _read_json(path: Path, label: str) -> dict[str, Any]:
@@ -171,12 +182,16 @@ def _read_json(path: Path, label: str) -> dict[str, Any]:
         raise CheckpointError(f"{label}: cannot read {path.name} ({e})") from e
 
 
-def _load_folder(folder: Path, label: str) -> ParakeetTDT:
+def _folder_config(folder: Path, label: str) -> ModelConfig:
+    """Our parakeet_ray.json, else transformers' config.json (+ preprocessor_config.json)."""
     if (folder / OUR_CONFIG).exists():
-        config = ModelConfig.from_dict(_read_json(folder / OUR_CONFIG, label))
-    else:
-        pre = _read_json(folder / "preprocessor_config.json", label) if (folder / "preprocessor_config.json").exists() else None
-        config = config_from_hf(_read_json(folder / "config.json", label), pre)
+        return ModelConfig.from_dict(_read_json(folder / OUR_CONFIG, label))
+    pre = _read_json(folder / "preprocessor_config.json", label) if (folder / "preprocessor_config.json").exists() else None
+    return config_from_hf(_read_json(folder / "config.json", label), pre)
+
+
+def _load_folder(folder: Path, label: str) -> ParakeetTDT:
+    config = _folder_config(folder, label)
     weights = folder / HF_WEIGHTS
     if not weights.exists():
         raise CheckpointError(f"{label}: {HF_WEIGHTS} is missing")
@@ -250,29 +265,18 @@ def inspect(source: str | os.PathLike) -> ModelConfig | None:
     source = os.fspath(source)
     if "://" in source and not source.startswith("file://"):
         return _inspect_remote(source)
-    path = Path(source.removeprefix("file://"))
-    if not path.exists():
-        if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
-            return _inspect_hub(source)
-        raise CheckpointError(f"{source}: no such file or folder")
-    if path.is_dir():
-        if (path / OUR_CONFIG).exists() or (path / "config.json").exists():
-            return _inspect_folder(path, source)
-        nemos = sorted(path.glob("*.nemo"))
-        if len(nemos) == 1:
-            with open(nemos[0], "rb") as f:
-                return _inspect_nemo(f, source)
-        raise CheckpointError(f"{source}: folder has no config.json / {OUR_CONFIG} and no single .nemo file")
-    with open(path, "rb") as f:
+    path = _local_path(source)
+    if path is None:
+        return _inspect_hub(source)
+    kind, found = _checkpoint_in(path, source)
+    if kind == "folder":
+        return _inspect_folder(found, source)
+    with open(found, "rb") as f:
         return _inspect_nemo(f, source)
 
 
 def _inspect_folder(folder: Path, label: str) -> ModelConfig:
-    if (folder / OUR_CONFIG).exists():
-        config = ModelConfig.from_dict(_read_json(folder / OUR_CONFIG, label))
-    else:
-        pre = _read_json(folder / "preprocessor_config.json", label) if (folder / "preprocessor_config.json").exists() else None
-        config = config_from_hf(_read_json(folder / "config.json", label), pre)
+    config = _folder_config(folder, label)
     if not (folder / HF_WEIGHTS).exists():
         raise CheckpointError(f"{label}: {HF_WEIGHTS} is missing")
     if not any((folder / name).exists() for name in ("tokenizer.model", "tokenizer.json")):

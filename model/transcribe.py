@@ -5,10 +5,9 @@ import os
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import soundfile as sf
 import torch
 
-from .audio import decode_audio
+from .audio import decode_audio, probe_duration
 from .confidence import DEFAULT_CONFIDENCE, ConfidenceConfig
 from .config import DECODING_STRATEGIES
 from .decoding import greedy_tdt
@@ -72,19 +71,9 @@ def _num_samples(item, sample_rate: int) -> int:
     """Length at `sample_rate` of a decoded array, or of a file from its header (not decoded yet)."""
     if not isinstance(item, (str, os.PathLike)):
         return len(item)
-    try:
-        info = sf.info(os.fspath(item))
-        return int(info.frames * sample_rate / info.samplerate)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
-        pass
-    try:  # a container FFmpeg reads: its declared duration (sorting needs no exact length)
-        import av
-
-        with av.open(os.fspath(item)) as container:
-            if container.streams.audio and container.duration:
-                return int(container.duration / 1_000_000 * sample_rate)
-    except Exception:  # noqa: BLE001 - any failure: decode_audio below raises the error naming the file
-        pass
+    seconds = probe_duration(os.fspath(item))  # the header's (sorting needs no exact length)
+    if seconds:
+        return int(seconds * sample_rate)
     return len(_to_array(item, sample_rate))
 
 

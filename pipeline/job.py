@@ -89,11 +89,13 @@ class TranscribeConfig:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
 
 
-def pending_inputs(cfg: TranscribeConfig) -> tuple[pa.Array, int]:
-    """(inputs still to transcribe, number of this INPUT's inputs skipped because OUTPUT already holds them)."""
+def pending_inputs(cfg: TranscribeConfig, index: pa.Table | None = None) -> tuple[pa.Array, int]:
+    """(inputs still to transcribe, number of this INPUT's inputs skipped because OUTPUT already holds them).
+    `index`: OUTPUT's sink.row_index, when the caller has read it already."""
     listed = list_inputs(cfg.input_uri, cfg.extensions, cfg.storage_options or None, exclude=cfg.output_uri)
     inputs = pa.array(listed, pa.string())
-    index = row_index(cfg.output_uri, cfg.storage_options or None)
+    if index is None:
+        index = row_index(cfg.output_uri, cfg.storage_options or None)
     done = index.column("audio_uri")
     if cfg.retry_errors:  # their rows are replaced once the new ones are committed (sink.compact)
         done = done.filter(pc.invert(retryable(index)))
@@ -255,8 +257,10 @@ def prepare(cfg: TranscribeConfig) -> Plan:
     started, t0 = datetime.now(timezone.utc), time.monotonic()
     check_writable(cfg.output_uri, cfg.storage_options or None)
     swept = sweep_tmp(cfg.output_uri, cfg.storage_options or None)
-    compact(cfg.output_uri, cfg.storage_options or None)  # finish a retry a killed run left half done
-    inputs, skipped = pending_inputs(cfg)
+    index = row_index(cfg.output_uri, cfg.storage_options or None)  # one read of OUTPUT for both steps
+    if compact(cfg.output_uri, cfg.storage_options or None, index):  # finish a retry a killed run left half done
+        index = row_index(cfg.output_uri, cfg.storage_options or None)
+    inputs, skipped = pending_inputs(cfg, index)
     return Plan(inputs, skipped, swept, started, t0)
 
 

@@ -82,18 +82,6 @@ def committed_files(output_uri: str, storage_options: dict[str, Any] | None = No
     return sorted(p for p in fs.find(folder) if p.endswith(".parquet"))
 
 
-def done_uris(output_uri: str, storage_options: dict[str, Any] | None = None) -> pa.Array:
-    """The audio_uri column of every committed file (only that column is read)."""
-    fs, _ = filesystem(output_uri, storage_options)
-    chunks = []
-    for path in committed_files(output_uri, storage_options):
-        with fs.open(path, "rb") as f:
-            chunks.append(pq.read_table(f, columns=["audio_uri"]).column("audio_uri").combine_chunks())
-    if not chunks:
-        return pa.array([], pa.string())
-    return pa.concat_arrays([c.cast(pa.string()) for c in chunks])
-
-
 INDEX_COLUMNS = ("audio_uri", "error", "error_kind", "processed_at")
 
 
@@ -125,11 +113,13 @@ def retryable(index: pa.Table) -> pa.Array:
     return pc.fill_null(pc.or_(pc.is_in(kind, value_set=pa.array(RETRYABLE_KINDS)), legacy), False)
 
 
-def compact(output_uri: str, storage_options: dict[str, Any] | None = None) -> int:
+def compact(output_uri: str, storage_options: dict[str, Any] | None = None, index: pa.Table | None = None) -> int:
     """Leave exactly one row per audio_uri: where an input has several (a retried error and its new
     row, or a retry interrupted between its commit and this clean-up), keep a success over an error,
-    then the newest; rewrite the files holding the others without them. Returns the rows dropped."""
-    index = row_index(output_uri, storage_options)
+    then the newest; rewrite the files holding the others without them. Returns the rows dropped.
+    `index`: OUTPUT's row_index when the caller has just read it."""
+    if index is None:
+        index = row_index(output_uri, storage_options)
     if index.num_rows == len(pc.unique(index.column("audio_uri"))):
         return 0
     rows = index.to_pylist()

@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.schema import TRANSCRIPT_SCHEMA, error_row, to_table
 from pipeline.sink import (
-    OutputError, TMP_DIR, check_writable, commit_batch, committed_files, done_uris, read_output, sweep_tmp,
+    OutputError, TMP_DIR, check_writable, commit_batch, committed_files, read_output, row_index, sweep_tmp,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -22,7 +22,7 @@ def test_commit_writes_the_schema_and_reports_stats(tmp_path):
     assert stats[0]["rows"] == 2 and stats[0]["errors"] == 2 and stats[0]["audio_s"] == 3.0
     [path] = committed_files(out)
     assert pq.read_schema(path).remove_metadata() == TRANSCRIPT_SCHEMA
-    assert sorted(done_uris(out).to_pylist()) == ["a", "b"]
+    assert sorted(row_index(out).column("audio_uri").to_pylist()) == ["a", "b"]
     assert list((tmp_path / "out" / TMP_DIR).iterdir()) == []
 
 
@@ -40,7 +40,7 @@ def test_leftover_temporaries_are_swept_and_never_read(tmp_path):
     out = tmp_path / "out"
     check_writable(str(out))
     (out / TMP_DIR / "half-written.parquet").write_bytes(b"PAR1 partial")
-    assert done_uris(str(out)).to_pylist() == []
+    assert row_index(str(out)).column("audio_uri").to_pylist() == []
     assert sweep_tmp(str(out)) == 1
     assert list((out / TMP_DIR).iterdir()) == []
 
@@ -56,7 +56,7 @@ def test_commit_on_s3_leaves_only_committed_files(s3_bucket):
     out = f"s3://{s3_bucket}/out"
     check_writable(out)
     commit_batch(rows("s3://x/a.wav"), out)
-    assert done_uris(out).to_pylist() == ["s3://x/a.wav"]
+    assert row_index(out).column("audio_uri").to_pylist() == ["s3://x/a.wav"]
     import s3fs
 
     assert s3fs.S3FileSystem().find(f"{s3_bucket}/out/{TMP_DIR}") == []
