@@ -1,10 +1,10 @@
 """`parakeet-ray finetune`: train a Parakeet TDT model across a Ray cluster with Ray Train.
 
-Each worker runs jobs/train_loop.train with the model wrapped in DDP (gloo on CPU, nccl on GPU),
-bf16 autocast on GPU; rank 0 validates (WER/CER) and writes checkpoints, which Ray Train persists to
-OUTPUT/_ray and uses to resume after a worker failure (FailureConfig). At the end the latest and the
-best (lowest val WER) checkpoints are copied to OUTPUT/last and OUTPUT/best: self-describing
-folders that `model.load` and transformers' `ParakeetForTDT.from_pretrained` both read.
+A thin driver: flags -> TrainConfig -> plan the training rows (pipeline/training/plan.py) -> a Ray
+Dataset that decodes them in CPU tasks (ingest.py) -> TorchTrainer running the explicit loop
+(loop.py) on every worker. Checkpoints go to OUTPUT/_ray (Ray Train's storage, local or S3); the
+best by validation WER to OUTPUT/best and the last to OUTPUT/last, folders that `model.load` and
+transformers' `ParakeetForTDT.from_pretrained` both read. See docs/training.md.
 """
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ import json
 import os
 import sys
 
-CRASH_ENV = "PARAKEET_RAY_TEST_CRASH_AT_STEP"  # test hook: "<step>:<marker file>" makes rank 1 exit once
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("finetune", help="fine-tune (or train) a Parakeet TDT model with Ray Train",
@@ -24,8 +22,9 @@ def register(subparsers) -> None:
     src.add_argument("--model", help="checkpoint to start from (.nemo, folder, URI, hub id); keeps its tokenizer")
     src.add_argument("--preset", help="train from scratch with this architecture (trains a SentencePiece tokenizer on TRAIN)")
     p.add_argument("--train", required=True,
-                   help="training manifest (Parquet/CSV/JSONL: audio_uri, text[, duration_s]) or a `parakeet-ray "
-                        "transcribe` OUTPUT (pseudo-labels; its error rows are never used)")
+                   help="training manifest(s): a Parquet/CSV/JSONL file, a folder or glob of shards (audio_uri, text[, "
+                        "duration_s]; NeMo's audio_filepath/duration too), or a `parakeet-ray transcribe` OUTPUT "
+                        "(pseudo-labels; its error rows are never used)")
     p.add_argument("--where", default=None,
                    help='keep only the --train rows matching this DuckDB condition over the `transcripts` view, e.g. '
                         '"confidence >= 0.9 AND duration_s BETWEEN 1 AND 30"')
@@ -34,13 +33,27 @@ def register(subparsers) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address ('auto', 'ray://...'); default: a local Ray")
     p.add_argument("--workers", type=int, default=1, help="data-parallel workers (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (default 0: CPU)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker: its torch threads (default 1)")
+    p.add_argument("--placement-strategy", default="PACK", choices=("PACK", "SPREAD", "STRICT_SPREAD"),
+                   help="how workers are placed on nodes (Ray placement group strategy; default PACK)")
     steps = p.add_mutually_exclusive_group()
     steps.add_argument("--epochs", type=int, default=10)
     steps.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4, for fine-tuning)")
     p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--batch-seconds", type=float, default=120.0, help="padded audio seconds per batch per worker")
+    p.add_argument("--batch-seconds", type=float, default=120.0, help="padded audio seconds per micro-batch per worker")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--freeze-encoder", action="store_true", help="train the prediction network and joint only")
+    p.add_argument("--min-duration", type=float, default=0.0, help="skip shorter utterances (seconds; default 0)")
+    p.add_argument("--max-duration", type=float, default=40.0, help="skip longer utterances (seconds; default 40)")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01,
+                   help="fail when more training rows than this are bad (unreadable audio, empty or unencodable text, "
+                        "T < U, too long); default 0.01")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="optimizer steps between checkpoints (and every epoch end)")
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="latest checkpoints kept in OUTPUT/_ray (OUTPUT/best apart)")
+    p.add_argument("--val-every", type=int, default=None, help="optimizer steps between validations (and every epoch end)")
+    p.add_argument("--log-every", type=int, default=10, help="optimizer steps between progress lines (default 10)")
+    p.add_argument("--buffer-batches", type=int, default=16, help="batches of audio a worker sorts by duration at a time")
     p.add_argument("--vocab-size", type=int, default=128, help="tokenizer size when training from scratch")
     p.add_argument("--no-spec-augment", action="store_true")
     p.add_argument("--sigma", type=float, default=0.0, help="TDT logit under-normalisation (paper: 0.05; default 0)")
@@ -53,217 +66,153 @@ def register(subparsers) -> None:
 
 
 def _config(args) -> "TrainConfig":
-    from jobs.train_loop import TrainConfig
+    from pipeline.training.config import TrainConfig
 
     options = json.loads(args.storage_options) if args.storage_options else {}
     kw = dict(train=args.train, val=args.val, where=args.where, output=args.output, model=args.model, preset=args.preset,
               vocab_size=args.vocab_size, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
-              warmup_steps=args.warmup_steps, batch_seconds=args.batch_seconds, sigma=args.sigma, omega=args.omega,
+              warmup_steps=args.warmup_steps, batch_seconds=args.batch_seconds, grad_accum=args.grad_accum,
+              freeze_encoder=args.freeze_encoder, min_duration=args.min_duration, max_duration=args.max_duration,
+              max_bad_fraction=args.max_bad_fraction, checkpoint_every=args.checkpoint_every,
+              keep_checkpoints=args.keep_checkpoints, val_every=args.val_every, log_every=args.log_every,
+              buffer_batches=args.buffer_batches, sigma=args.sigma, omega=args.omega,
               fused_loss=not args.materialise_logits, storage_options=options)
     if args.no_spec_augment:
         kw["spec_augment"] = None
     return TrainConfig(**kw)
 
 
-def train_func(config: dict) -> None:
-    """Ray Train worker entry: resume from Ray's latest checkpoint if any, then run the shared loop."""
-    import tempfile
-
-    import ray.train
-    import ray.train.torch
-    import torch
-
-    from jobs.train_loop import TrainConfig, train
-    from model.spec_augment import SpecAugmentConfig
-
-    raw = dict(config["cfg"])
-    if raw.get("spec_augment") is not None:
-        raw["spec_augment"] = SpecAugmentConfig(**raw["spec_augment"])
-    cfg = TrainConfig(**raw)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(config.get("threads") or 1)))  # Ray sets OMP_NUM_THREADS=1: use the CPUs we reserved
-    resume = None
-    checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts the group after a failure
-    if checkpoint is not None:
-        resume = checkpoint.to_directory(tempfile.mkdtemp(prefix="parakeet-resume-"))
-    elif config.get("resume_uri"):  # a rerun of the same command continues from OUTPUT/last
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(config["resume_uri"], **cfg.storage_options)
-        resume = tempfile.mkdtemp(prefix="parakeet-resume-")
-        fs.get(path.rstrip("/") + "/", resume + "/", recursive=True)
-    device = ray.train.torch.get_device()
-
-    def report(metrics, ckpt_dir):
-        if rank == 0:  # a per-epoch history next to the checkpoints, on any storage
-            import fsspec
-
-            fs, path = fsspec.core.url_to_fs(cfg.output.rstrip("/") + "/epochs.jsonl", **cfg.storage_options)
-            with fs.open(path, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-        ckpt = ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
-        ray.train.report(metrics, checkpoint=ckpt)
-
-    def should_fail(step: int) -> None:
-        spec = config.get("crash")
-        if spec and rank == 1:
-            at, marker = spec.split(":", 1)
-            if step == int(at) and not os.path.exists(marker):
-                open(marker, "w").close()
-                os._exit(1)  # a worker dying mid-run: Ray Train restarts the group from the last checkpoint
-
-    try:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            train(cfg, report, resume_from=resume, rank=rank, world=world, device=device,
-                  wrap=lambda net: ray.train.torch.prepare_model(net), should_fail=should_fail)
-    finally:
-        if resume is not None:  # the downloaded checkpoint was read at the start (weights, tokenizer bytes)
-            import shutil
-
-            shutil.rmtree(resume, ignore_errors=True)
-
-
-SELECTED = "train_selected.parquet"  # the rows a run trains on, when --train is a transcribe OUTPUT or --where is given
-SELECTION = "train_selection.json"  # how they were chosen, and how many rows each rule dropped
-
-
-def select_training_rows(cfg):
-    """Resolve --train / --val that are transcribe OUTPUTs, and --where, into manifests under OUTPUT.
-
-    A transcribe OUTPUT trains on its successful rows (`error IS NULL`, non-empty text) that match
-    `cfg.where`; a manifest is filtered by `cfg.where` the same way (its columns form the `transcripts`
-    view). The selection is written to OUTPUT/train_selected.parquet (what every worker reads) with
-    its counts in OUTPUT/train_selection.json.
-    """
-    import fsspec
-
-    from jobs.query import QueryError, connect, run_sql
-    from pipeline.sources import InputError, read_manifest_table
-
-    fs, root = fsspec.core.url_to_fs(cfg.output, **cfg.storage_options)
-    changes = {}
-    for field_name, where in (("train", cfg.where), ("val", None)):
-        source = getattr(cfg, field_name)
-        if source is None:
-            continue
-        is_output = _is_transcribe_output(source, cfg.storage_options)
-        if not is_output and where is None:
-            continue
-        if is_output:
-            try:
-                con = connect(source, cfg.storage_options)
-            except QueryError as e:
-                raise InputError(str(e)) from e
-            total = con.execute("SELECT count(*) FROM transcripts").fetchall()[0][0]
-            errors = con.execute("SELECT count(*) FROM transcripts WHERE error IS NOT NULL").fetchall()[0][0]
-            usable = "error IS NULL AND text IS NOT NULL AND trim(text) <> ''"
-        else:
-            import duckdb
-
-            con = duckdb.connect()
-            con.register("transcripts", read_manifest_table(source, cfg.storage_options))
-            total, errors, usable = con.execute("SELECT count(*) FROM transcripts").fetchall()[0][0], 0, "TRUE"
-        columns = [r[0] for r in con.execute("DESCRIBE transcripts").fetchall()]
-        if "text" not in columns:
-            raise InputError(f"--{field_name} {source} has no 'text' column (columns: {columns})")
-        empty = con.execute(f"SELECT count(*) FROM transcripts WHERE NOT ({usable})").fetchall()[0][0] - errors
-        wanted = "audio_uri, text" + (", duration_s" if "duration_s" in columns else "")
-        sql = f"SELECT {wanted} FROM transcripts WHERE {usable}"
-        if where:
-            sql += f" AND ({where})"
-        try:
-            table = run_sql(con, sql + " ORDER BY audio_uri")
-        except QueryError as e:
-            raise InputError(f"--where {where!r}: {e}") from e
-        kept = table.num_rows
-        if not kept:
-            raise InputError(f"--{field_name} {source}: no rows left to train on ({total} rows, {errors} errors"
-                             + (f", --where {where!r}" if where else "") + ")")
-        name = SELECTED if field_name == "train" else f"val_{SELECTED}"
-        import pyarrow.parquet as pq
-
-        with fs.open(f"{root}/{name}", "wb") as f:
-            pq.write_table(table, f)
-        counts = {"source": source, "where": where, "rows": total, "error_rows": errors, "empty_text_rows": empty,
-                  "filtered_out": total - errors - empty - kept, "selected": kept}
-        changes[field_name] = (cfg.output.rstrip("/") + "/" + name, counts)
-        print(f"{field_name}: {kept} of {total} rows from {source} ({errors} error rows never used"
-              + (f", {counts['filtered_out']} not matching --where" if where else "") + ")")
-    if not changes:
-        return cfg
-    with fs.open(f"{root}/{SELECTION}", "w") as f:
-        f.write(json.dumps({k: v[1] for k, v in changes.items()}, indent=2))
-    return dataclasses.replace(cfg, **{k: v[0] for k, v in changes.items()})
-
-
-def _is_transcribe_output(uri: str, storage_options: dict) -> bool:
-    """A folder with transcripts/*.parquet (what `parakeet-ray transcribe` writes)."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
-    return fs.isdir(f"{path.rstrip('/')}/transcripts") and bool(fs.glob(f"{path.rstrip('/')}/transcripts/*.parquet"))
-
-
 def run_command(args: argparse.Namespace) -> int:
     from pipeline.sources import InputError
 
-    cfg = _config(args)
     try:
+        cfg = _config(args)
         return run(cfg, address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                   cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures)
-    except InputError as e:
+                   cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures,
+                   placement_strategy=args.placement_strategy)
+    except (InputError, ValueError) as e:
         print(f"parakeet-ray finetune: error: {e}", file=sys.stderr)
         return 2
 
 
 def run(cfg, address: str | None = None, workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
-        max_failures: int = 3) -> int:
+        max_failures: int = 3, callback=None, placement_strategy: str = "PACK") -> int:
+    """Plan, then train on Ray. `callback(event)` runs on the workers after every micro-batch and step
+    (pipeline/training/loop.py): tests use it to log utterance ids and to kill a worker."""
+    import math
+
     import fsspec
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    import model
+    from pipeline.sources import InputError
+    from pipeline.training.ingest import training_dataset
+    from pipeline.training.loop import train_func
+    from pipeline.training.plan import (build_plan, estimate_batches, plan_tokenizer, read_rows, select_training_rows,
+                                        train_durations)
+
+    cfg = _absolute(cfg)  # Ray workers run in other folders: relative local paths must not reach them
     fs, root = fsspec.core.url_to_fs(cfg.output, **cfg.storage_options)
     fs.makedirs(root, exist_ok=True)
     cfg = select_training_rows(cfg)  # before Ray starts: a bad --where or an empty selection fails at once
+    if cfg.model is None and cfg.preset is None:
+        raise InputError("give --model (a checkpoint to fine-tune) or --preset (train from scratch)")
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=True)
-    storage = cfg.output.rstrip("/") + "/_ray"
-    if "://" not in storage:
-        storage = os.path.abspath(storage)
-    last = f"{root}/last"
-    resume_uri = cfg.output.rstrip("/") + "/last" if fs.exists(f"{last}/trainer_state.pt") else None
-    if resume_uri:
-        print(f"resuming from {resume_uri}")
-    resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+    plan = build_plan(cfg)
+    if plan.bad > cfg.max_bad_fraction * plan.rows:
+        raise InputError(f"{plan.bad} of the {plan.rows} training rows are bad before any audio is read "
+                         f"({plan.bad / plan.rows:.1%}, over --max-bad-fraction {cfg.max_bad_fraction:.1%}): {plan.skipped}")
+    tokenizer = plan_tokenizer(cfg, plan) if cfg.preset else model.load(cfg.model).tokenizer
+    if tokenizer is None:
+        raise InputError(f"--model {cfg.model} has no tokenizer: it cannot be trained on text")
+    batches = estimate_batches(train_durations(plan, cfg.storage_options), cfg.batch_seconds, cfg.buffer_batches, cfg.seed, workers)
+    steps_per_epoch = max(1, math.ceil(batches / cfg.grad_accum))
+    print(f"plan: {plan.rows} rows, {plan.audio_seconds / 3600:.2f} h to train on, skipped before decoding: "
+          f"{plan.skipped or 'none'}; ~{steps_per_epoch} steps per epoch on {workers} worker(s)")
+    storage, storage_fs = _ray_storage(cfg)
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={"cfg": dataclasses.asdict(cfg), "resume_uri": resume_uri, "crash": os.environ.get(CRASH_ENV),
-                           "threads": cpus_per_worker},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources),
-        run_config=RunConfig(
-            name="finetune", storage_path=storage,
-            failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_wer" if cfg.val else "train_loss",
-                                               checkpoint_score_order="min"),
-        ),
+        train_loop_config={"cfg": dataclasses.asdict(cfg), "tokenizer": tokenizer.data, "threads": cpus_per_worker,
+                           "plan": {"rows": plan.rows, "skipped": plan.skipped, "steps_per_epoch": steps_per_epoch},
+                           "val_rows": read_rows(cfg.val, cfg.storage_options) if cfg.val else None, "callback": callback},
+        datasets={"train": training_dataset(plan, cfg, tokenizer.data)},
+        dataset_config=_exactly_once_split(),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0, placement_strategy=placement_strategy,
+                                     resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),
+        run_config=RunConfig(name="finetune", storage_path=storage, storage_filesystem=storage_fs,
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
     )
+    if fs.exists(f"{root}/metrics.jsonl"):  # a leftover of an earlier run is rewritten by rank 0; the driver reads the new last row
+        last_before = _last_metrics(fs, root)
+    else:
+        last_before = None
     result = trainer.fit()
-    if result.error:
-        print(f"finetune failed: {result.error}", file=sys.stderr)
+    metrics = _last_metrics(fs, root) if fs.exists(f"{root}/metrics.jsonl") else {}
+    if metrics == last_before:
+        metrics = {}
+    if result.error or metrics.get("fatal"):
+        print(f"parakeet-ray finetune: failed: {metrics.get('fatal') or result.error}", file=sys.stderr)
         return 1
-    best = min(result.best_checkpoints, key=lambda cm: cm[1].get("val_wer", cm[1]["train_loss"]))[0] if result.best_checkpoints else result.checkpoint
-    for name, ckpt in (("last", result.checkpoint), ("best", best)):
-        if ckpt is None:
-            continue
-        dest = f"{root}/{name}"
-        if fs.exists(dest):
-            fs.rm(dest, recursive=True)
-        with ckpt.as_directory() as d:
-            fs.put(d.rstrip("/") + "/", dest + "/", recursive=True)
-    with fs.open(f"{root}/metrics.json", "w") as f:
-        f.write(json.dumps(result.metrics, default=str, indent=2))
-    print(json.dumps({k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float, str))}))
+    if result.checkpoint is not None:
+        from pipeline.training.loop import _publish
+
+        with result.checkpoint.as_directory() as d:
+            _publish(fs, f"{root}/last", d)
+    summary = {"final": metrics, "plan": {"rows": plan.rows, "skipped_before_decoding": plan.skipped,
+                                          "audio_hours": plan.audio_seconds / 3600, "steps_per_epoch": steps_per_epoch},
+               "checkpoints": {"last": cfg.output.rstrip("/") + "/last", "best": cfg.output.rstrip("/") + "/best"}}
+    with fs.open(f"{root}/summary.json", "w") as f:
+        f.write(json.dumps(summary, default=str, indent=2))
+    print(f"done: step {metrics.get('step')}, epoch {metrics.get('epoch')}, skipped {metrics.get('skipped') or 'none'}")
     print(f"checkpoints: {cfg.output.rstrip('/')}/last, {cfg.output.rstrip('/')}/best")
     return 0
+
+
+def _last_metrics(fs, root: str) -> dict:
+    with fs.open(f"{root}/metrics.jsonl", "r") as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _absolute(cfg):
+    def fix(value):
+        if value is None or "://" in value or os.path.isabs(value) or not os.path.exists(value) and value == cfg.model:
+            return value  # URIs, absolute paths, hub ids (a --model that is no local path)
+        return os.path.abspath(value)
+
+    return dataclasses.replace(cfg, **{k: fix(getattr(cfg, k)) for k in ("train", "val", "output", "model")})
+
+
+def _ray_storage(cfg):
+    """OUTPUT/_ray as Ray Train's storage: a local absolute path, or the object store through fsspec
+    (so --storage-options and the AWS environment apply as they do to everything else)."""
+    if "://" not in cfg.output or cfg.output.startswith("file://"):
+        return os.path.abspath(cfg.output.removeprefix("file://").rstrip("/") + "/_ray"), None
+    import fsspec
+    import pyarrow.fs as pafs
+
+    fs, root = fsspec.core.url_to_fs(cfg.output, **cfg.storage_options)
+    return root.rstrip("/") + "/_ray", pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def _exactly_once_split():
+    """Ray Train's DataConfig, but splitting with equal=False: equal=True may drop rows to even the
+    workers out, and every utterance must be used once per epoch (the loop evens the steps out itself)."""
+    from ray.train import DataConfig
+
+    class ExactlyOnceSplit(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            out = [{} for _ in range(world_size)]
+            hints = worker_node_ids if self._enable_shard_locality else None
+            for name, ds in datasets.items():
+                ds = ds.copy(ds)
+                ds.context.execution_options = self._resolve_execution_options(name)
+                for i, split in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=hints)):
+                    out[i][name] = split
+            return out
+
+    return ExactlyOnceSplit()

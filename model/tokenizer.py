@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 SPM_FILE = "tokenizer.model"
@@ -12,13 +13,20 @@ HF_FILE = "tokenizer.json"
 class Tokenizer:
     """`encode(text) -> ids`, `decode(ids) -> text`, `id_to_piece(id) -> '▁piece'`, `vocab_size`."""
 
-    def __init__(self, spm_path: str | os.PathLike | None = None, hf_path: str | os.PathLike | None = None):
-        if (spm_path is None) == (hf_path is None):
-            raise ValueError("give exactly one of spm_path / hf_path")
+    def __init__(self, spm_path: str | os.PathLike | None = None, hf_path: str | os.PathLike | None = None,
+                 data: tuple[str, bytes] | None = None):
+        if sum(x is not None for x in (spm_path, hf_path, data)) != 1:
+            raise ValueError("give exactly one of spm_path / hf_path / data")
         self._spm = self._hf = None
         # The file's bytes are kept: `save` writes them, so the file itself (often in a temporary folder
         # of a .nemo extraction or a downloaded checkpoint) may be deleted once the tokenizer is built.
-        self._bytes = Path(spm_path if spm_path is not None else hf_path).read_bytes()
+        if data is not None:
+            kind, self._bytes = data
+            if kind not in ("spm", "hf"):
+                raise ValueError(f"tokenizer kind {kind!r}: expected 'spm' or 'hf'")
+            spm_path = "<bytes>" if kind == "spm" else None
+        else:
+            self._bytes = Path(spm_path if spm_path is not None else hf_path).read_bytes()
         if spm_path is not None:
             import sentencepiece as spm
 
@@ -39,6 +47,22 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.pieces)
+
+    @property
+    def data(self) -> tuple[str, bytes]:
+        """(kind, file bytes): `Tokenizer(data=t.data)` rebuilds it, e.g. in a Ray task."""
+        return ("spm" if self._spm is not None else "hf"), self._bytes
+
+    @property
+    def unk_id(self) -> int | None:
+        """The id text with unknown characters encodes to (None when the tokenizer has none)."""
+        if self._spm is not None:
+            unk = self._spm.unk_id()
+            return unk if unk >= 0 else None
+        for piece in ("<unk>", "[UNK]"):
+            if piece in self.pieces:
+                return self.pieces.index(piece)
+        return None
 
     def encode(self, text: str) -> list[int]:
         if self._spm is not None:
@@ -73,8 +97,10 @@ class Tokenizer:
         raise FileNotFoundError(f"{folder}: no {SPM_FILE} or {HF_FILE}")
 
 
-def train_sentencepiece(texts: list[str], folder: str | os.PathLike, vocab_size: int, model_type: str = "bpe") -> Tokenizer:
-    """Train a SentencePiece model on `texts`, write folder/tokenizer.model, return it."""
+def train_sentencepiece(texts: Iterable[str], folder: str | os.PathLike, vocab_size: int, model_type: str = "bpe",
+                        max_sentences: int = 1_000_000) -> Tokenizer:
+    """Train a SentencePiece model on `texts` (any iterable: SentencePiece samples at most `max_sentences`
+    of them, so memory stays bounded on a large corpus), write folder/tokenizer.model, return it."""
     import io
 
     import sentencepiece as spm
@@ -84,7 +110,7 @@ def train_sentencepiece(texts: list[str], folder: str | os.PathLike, vocab_size:
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size, model_type=model_type,
-        character_coverage=1.0, bos_id=-1, eos_id=-1, unk_id=0, hard_vocab_limit=False,
+        character_coverage=1.0, input_sentence_size=max_sentences, shuffle_input_sentence=True, bos_id=-1, eos_id=-1, unk_id=0, hard_vocab_limit=False,
         split_digits=True, num_threads=1, minloglevel=2,
     )
     (folder / SPM_FILE).write_bytes(buf.getvalue())

@@ -9,7 +9,8 @@ import pytest
 
 from jobs import finetune
 from jobs.cli import main
-from jobs.train_loop import TrainConfig
+from pipeline.training.config import TrainConfig
+from pipeline.training import plan as training_plan
 from pipeline.job import TranscribeConfig, run
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -40,15 +41,15 @@ def test_finetune_trains_on_the_confident_rows_of_a_transcribe_output(transcribe
                       output=str(out), model=MODEL, max_steps=1, lr=1e-5, warmup_steps=1, batch_seconds=30.0,
                       spec_augment=None)
     assert finetune.run(cfg, workers=1) == 0
-    selection = json.loads((out / finetune.SELECTION).read_text())["train"]
+    selection = json.loads((out / training_plan.SELECTION).read_text())["train"]
     assert selection == {"source": str(transcribed), "where": cfg.where, "rows": len(table), "error_rows": 1,
                          "empty_text_rows": 0, "filtered_out": len(scores) - len(expected), "selected": len(expected)}
-    chosen = ds.dataset(str(out / finetune.SELECTED)).to_table()
+    chosen = ds.dataset(str(out / training_plan.SELECTED)).to_table()
     assert sorted(chosen.column("audio_uri").to_pylist()) == expected
     texts = {r["audio_uri"]: r["text"] for r in table}
     assert all(texts[r["audio_uri"]] == r["text"] for r in chosen.to_pylist())
-    reported = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
-    assert reported[-1]["train_utterances"] == len(expected)  # what the workers actually read
+    reported = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert reported[-1]["train_rows"] == len(expected)  # what the workers actually read
 
 
 def test_query_exports_the_same_selection_as_a_manifest(transcribed, tmp_path, capsys):

@@ -27,7 +27,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from model.loss import SLAB_BYTES, tdt_loss  # noqa: E402
+from pipeline.training.loss import SLAB_BYTES, tdt_loss  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 DURATIONS = [0, 1, 2, 3, 4]
@@ -109,7 +109,7 @@ def floor(shape, repeats):
 
 def fused(shape, repeats, hidden=640):
     """Fused joint+loss from (B, T, H) and (B, U+1, H) projections vs logits = head(relu(f + g)) + ours."""
-    from model.joint_loss import tdt_joint_loss
+    from pipeline.training.joint_loss import tdt_joint_loss
     b, t, u, v = shape
     g = torch.Generator().manual_seed(0)
     f = torch.randn(b, t, hidden, generator=g) * 0.5

@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import model.lattice as lattice_mod
-from model.loss import REDUCTIONS, rnnt_loss, tdt_loss
+import pipeline.training.lattice as lattice_mod
+from pipeline.training.loss import REDUCTIONS, rnnt_loss, tdt_loss
 
 ref = pytest.importorskip("transformers.loss.loss_tdt").tdt_loss
 DATA = Path(__file__).resolve().parents[1] / "data" / "nemo" / "tdt_loss.npz"

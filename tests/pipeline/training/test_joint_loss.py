@@ -1,13 +1,13 @@
-"""Fused joint + loss (model/joint_loss.py) against materialising the logits with the Joint module and
+"""Fused joint + loss (pipeline/training/joint_loss.py) against materialising the logits with the Joint module and
 calling tdt_loss / rnnt_loss: values and gradients for encoder/predictor projections and the head."""
 import pytest
 import torch
 
-import model.joint_loss as joint_loss
+import pipeline.training.joint_loss as joint_loss
 from model.config import preset
 from model.joint import Joint
-from model.joint_loss import tdt_joint_loss
-from model.loss import rnnt_loss, tdt_loss
+from pipeline.training.joint_loss import tdt_joint_loss
+from pipeline.training.loss import rnnt_loss, tdt_loss
 
 DURATIONS = [0, 1, 2, 3, 4]
 

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from model.schedule import warmup_cosine
-from model.spec_augment import SpecAugmentConfig, spec_augment
+from pipeline.training.schedule import warmup_cosine
+from pipeline.training.spec_augment import SpecAugmentConfig, spec_augment
 
 
 def test_schedule_warmup_peak_and_floor():
@@ -47,7 +47,8 @@ def test_train_forward_fused_and_materialised_losses_agree():
     """The training step's fused joint+loss gives the same loss and parameter gradients as building
     the logits with the Joint module and calling tdt_loss (joint in eval mode: no dropout)."""
     import model
-    from jobs.train_loop import TrainConfig, TrainForward
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.loop import TrainForward
     from model.config import preset
 
     torch.manual_seed(0)

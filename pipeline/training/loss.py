@@ -11,7 +11,7 @@ NeMo's: the probability that a call computes the standard RNN-T loss on the toke
 How it is computed (no autograd graph over the lattice):
   1. Normalise: the token logits are read once, in cache-sized slabs, by a fused log_softmax into a
      reused buffer; only the blank and target-label log-probs are kept, (B, T, U+1) each.
-  2. Lattice (model/lattice.py): alpha, beta and every arc's occupancy, in float64.
+  2. Lattice (pipeline/training/lattice.py): alpha, beta and every arc's occupancy, in float64.
   3. Backward: d(-log p)/dz = softmax(z) * (occupancy of the state) - occupancy of the chosen class;
      the softmax is recomputed slab by slab straight into the gradient tensor.
 So the logits are read twice and the gradient written once; besides the logits and their gradient,
