@@ -138,7 +138,7 @@ def run(cfg, address: str | None = None, workers: int = 1, gpus_per_worker: floa
         train_loop_config={"cfg": dataclasses.asdict(cfg), "tokenizer": tokenizer.data, "threads": cpus_per_worker,
                            "plan": {"rows": plan.rows, "skipped": plan.skipped, "steps_per_epoch": steps_per_epoch},
                            "val_rows": read_rows(cfg.val, cfg.storage_options) if cfg.val else None, "callback": callback},
-        datasets={"train": training_dataset(plan, cfg, tokenizer.data)},
+        datasets={"train": training_dataset(plan, cfg, tokenizer.data, workers)},
         dataset_config=_exactly_once_split(),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0, placement_strategy=placement_strategy,
                                      resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),

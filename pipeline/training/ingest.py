@@ -36,7 +36,7 @@ from .plan import Plan
 ROWS_PER_TASK = 32  # utterances one decode task handles (its output block: ~10 MB of audio at 10 s each)
 
 
-def training_dataset(plan: Plan, cfg: TrainConfig, tokenizer_data: tuple[str, bytes]):
+def training_dataset(plan: Plan, cfg: TrainConfig, tokenizer_data: tuple[str, bytes], workers: int = 1):
     """The Ray Dataset every epoch streams: see the module docstring."""
     import pyarrow.fs as pafs
     import ray.data
@@ -50,8 +50,9 @@ def training_dataset(plan: Plan, cfg: TrainConfig, tokenizer_data: tuple[str, by
     ds = ds.random_shuffle()  # re-drawn every epoch (each epoch re-executes the dataset)
     # small blocks: decode tasks run in parallel and blocks are dealt to the workers evenly; the shuffle
     # alone keeps the plan's few large blocks (one per 20,000-row shard)
-    ds = ds.repartition(target_num_rows_per_block=ROWS_PER_TASK)
-    return ds.map_batches(prepare_batch, batch_size=ROWS_PER_TASK // 4, batch_format="numpy", num_cpus=cfg.decode_cpus,
+    rows = max(1, min(ROWS_PER_TASK, plan.rows // (4 * workers)))  # a small corpus still gives each worker blocks
+    ds = ds.repartition(target_num_rows_per_block=rows)
+    return ds.map_batches(prepare_batch, batch_size=max(1, rows // 4), batch_format="numpy", num_cpus=cfg.decode_cpus,
                           fn_kwargs={"storage_options": cfg.storage_options, "tokenizer_data": tokenizer_data,
                                      "min_duration": cfg.min_duration, "max_duration": cfg.max_duration})
 

@@ -192,9 +192,11 @@ def train_func(config: dict[str, Any]) -> None:
               "epoch_loss": 0.0, "epoch_batches": 0}
     run_t0, run_step0 = time.perf_counter(), step
 
-    def report(reason: str, with_checkpoint: bool, with_val: bool) -> bool:
+    def report(reason: str, with_checkpoint: bool, with_val: bool, epoch_skipped: Counter | None = None) -> bool:
+        """`epoch_skipped`: the finished epoch's counts, at an epoch end (the state is already the next epoch's)."""
         nonlocal best
-        skip_vec = [float(state.skipped.get(r, 0)) for r in SKIP_REASONS]
+        counts = state.skipped if epoch_skipped is None else epoch_skipped
+        skip_vec = [float(counts.get(r, 0)) for r in SKIP_REASONS]
         nodes = int(_all_reduce([float(ctx.get_node_rank())], dist.ReduceOp.MAX if dist.is_initialized() else None)[0]) + 1
         sums = _all_reduce([window["loss"], window["batches"], window["audio_s"], window["tokens"], window["wait"],
                             window["epoch_loss"], window["epoch_batches"]] + skip_vec)
@@ -297,8 +299,8 @@ def train_func(config: dict[str, Any]) -> None:
         if not epoch_over:
             break  # --max-steps reached mid-epoch (its checkpoint is written)
         epoch += 1
-        state, resume_skip = RankState(), frozenset()
-        if not report("epoch", True, True):
+        finished, state, resume_skip = state.skipped, RankState(), frozenset()
+        if not report("epoch", True, True, finished):
             return
 
 

@@ -4,6 +4,7 @@ parameter these tests own: the callback appends every event to a JSON-lines file
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import cloudpickle
@@ -35,7 +36,8 @@ def _write(path, rows):
 
 class Recorder:
     """Appends each event (with the pid and whether the crash has happened yet) to folder/events-<pid>.jsonl;
-    with `crash=(rank, step, marker)`, that rank exits once at that step, as a lost worker does."""
+    with `crash=(rank, step, marker)`, that rank exits once at that step, as a lost worker does (a few seconds
+    after the step: Ray Train's controller registers a reported checkpoint when it next polls the workers)."""
 
     def __init__(self, folder, crash=None):
         self.folder, self.crash = str(folder), crash
@@ -46,6 +48,7 @@ class Recorder:
             f.write(json.dumps({**event, "after_crash": crashed}) + "\n")
         if self.crash and event["event"] == "step" and (event["rank"], event["step"]) == self.crash[:2] and not crashed:
             open(self.crash[2], "w").close()
+            time.sleep(5)
             os._exit(1)
 
     def events(self, kind):
@@ -178,10 +181,10 @@ def test_keep_checkpoints_best_and_a_step_checkpoint_loads_everywhere(ray_cluste
     cfg = _cfg(train, out, val=train, max_steps=5, checkpoint_every=1, val_every=1, keep_checkpoints=2)
     assert finetune.run(cfg, workers=2) == 0
     kept = sorted(p.name for p in (out / "_ray" / "finetune").iterdir() if p.name.startswith("epoch-"))
-    assert kept == ["epoch-0000-step-00000004", "epoch-0000-step-00000005"]
+    assert len(kept) == 2 and [int(k.rsplit("-", 1)[1]) for k in kept][-1] == 5  # the 2 latest (an epoch end may be one)
     assert (out / "best" / "config.json").exists() and not (out / "best" / "trainer_state.pt").exists()
     vals = [m for m in _metrics(out) if "val_wer" in m]
-    assert len(vals) == 5 and any(m["best"] for m in vals)
+    assert {m["step"] for m in vals} == {1, 2, 3, 4, 5} and any(m["best"] for m in vals)  # every step (and epoch end)
     step4 = out / "_ray" / "finetune" / kept[0]
     assert sorted(p.name for p in step4.glob("rank-*.pt")) == ["rank-0.pt", "rank-1.pt"]
     m = model.load(step4)
