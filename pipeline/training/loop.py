@@ -138,6 +138,19 @@ def _all_reduce(values: list[float], op=None) -> list[float]:
     return t.tolist()
 
 
+def _count_nodes() -> int:
+    """Distinct Ray nodes the workers run on."""
+    import ray
+    import torch.distributed as dist
+
+    mine = ray.get_runtime_context().get_node_id()
+    if not dist.is_initialized():
+        return 1
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return len(set(everyone))
+
+
 def train_func(config: dict[str, Any]) -> None:
     """Ray Train worker entry. `config`: cfg (TrainConfig as a dict), tokenizer (kind, bytes), plan (rows, bad,
     steps_per_epoch), threads, val_rows, and optional `callback(event: dict)` called after every micro-batch
@@ -185,6 +198,7 @@ def train_func(config: dict[str, Any]) -> None:
     validate = Validator(config["val_rows"], cfg) if rank == 0 and config.get("val_rows") else None
     metrics_log = _MetricsLog(cfg, step) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
+    nodes = _count_nodes()
     out_fs, out_root = fsspec.core.url_to_fs(cfg.output, **cfg.storage_options)
 
     # --- what a report does: all ranks agree on the numbers; rank 0 validates and logs; all checkpoint --
@@ -197,7 +211,6 @@ def train_func(config: dict[str, Any]) -> None:
         nonlocal best
         counts = state.skipped if epoch_skipped is None else epoch_skipped
         skip_vec = [float(counts.get(r, 0)) for r in SKIP_REASONS]
-        nodes = int(_all_reduce([float(ctx.get_node_rank())], dist.ReduceOp.MAX if dist.is_initialized() else None)[0]) + 1
         sums = _all_reduce([window["loss"], window["batches"], window["audio_s"], window["tokens"], window["wait"],
                             window["epoch_loss"], window["epoch_batches"]] + skip_vec)
         elapsed = time.perf_counter() - window["t0"]

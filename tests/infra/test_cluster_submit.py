@@ -138,3 +138,34 @@ def test_ray_job_submit_transcribe_on_two_nodes(cluster, tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     rerun = pq.read_table(sorted((out / "transcripts").glob("*.parquet")))
     assert sorted(rerun.column("audio_uri").to_pylist()) == sorted(table.column("audio_uri").to_pylist())
+
+
+@pytest.mark.slow
+def test_finetune_on_two_nodes_with_checkpoints_on_s3(s3_bucket, cluster, tmp_path):
+    """One Ray Train worker per node (STRICT_SPREAD), audio and manifest read from moto S3, checkpoints and
+    metrics written there; every rank's part of a checkpoint lands in the same S3 folder."""
+    import s3fs
+
+    address, env = cluster
+    fs = s3fs.S3FileSystem()
+    rows = [json.loads(line) for line in (DATA / "audio" / "manifest.jsonl").read_text().splitlines()]
+    for r in rows:
+        fs.put(str(DATA / "audio" / r["audio"]), f"{s3_bucket}/audio/{r['audio']}")
+    with fs.open(f"{s3_bucket}/train.jsonl", "w") as f:
+        f.write("".join(json.dumps({"audio_uri": f"audio/{r['audio']}", "text": r["text"]}) + "\n" for r in rows))
+    out = f"s3://{s3_bucket}/ft"
+    command = ("python", "-m", "jobs.cli", "finetune", "--model", str(DATA / "nemo" / "tiny_tdt.nemo"),
+               "--train", f"s3://{s3_bucket}/train.jsonl", "--output", out, "--address", "auto", "--workers", "2",
+               "--placement-strategy", "STRICT_SPREAD", "--max-steps", "3", "--checkpoint-every", "1", "--batch-seconds", "4",
+               "--buffer-batches", "2", "--no-spec-augment", "--lr", "1e-5", "--warmup-steps", "1")
+    proc = _submit(address, env, *command, runtime_env=_documented_runtime_env(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = [json.loads(line) for line in fs.cat(f"{s3_bucket}/ft/metrics.jsonl").decode().splitlines()]
+    assert metrics[-1]["step"] == 3 and metrics[-1]["workers"] == 2 and metrics[-1]["nodes"] == 2
+    checkpoints = sorted(p for p in fs.ls(f"{s3_bucket}/ft/_ray/finetune") if p.rsplit("/", 1)[1].startswith("epoch-"))
+    assert len(checkpoints) == 2  # --keep-checkpoints 2
+    names = {p.rsplit("/", 1)[1] for p in fs.ls(checkpoints[-1])}
+    assert {"rank-0.pt", "rank-1.pt", "config.json", "model.safetensors", "trainer_state.pt"} <= names
+    import model
+
+    assert model.load(f"{out}/last").config.vocab_size > 0

@@ -15,7 +15,7 @@ import pipeline.training.lattice as lattice_mod
 from pipeline.training.loss import REDUCTIONS, rnnt_loss, tdt_loss
 
 ref = pytest.importorskip("transformers.loss.loss_tdt").tdt_loss
-DATA = Path(__file__).resolve().parents[1] / "data" / "nemo" / "tdt_loss.npz"
+DATA = Path(__file__).resolve().parents[2] / "data" / "nemo" / "tdt_loss.npz"
 
 
 def _case(seed, b, t, u, v, durations, ragged=True, dtype=torch.float32):
