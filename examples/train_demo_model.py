@@ -2,15 +2,16 @@
 
     python examples/make_demo_corpus.py /tmp/demo_corpus
     python examples/train_demo_model.py /tmp/demo_corpus /tmp/demo_out --max-steps 360
-    cp -r /tmp/demo_out/best model/pretrained/parakeet-tdt-demo   # then drop trainer_state.pt
+    cp -r /tmp/demo_out/best model/pretrained/parakeet-tdt-demo
 
-Single process on CPU with the same loop `parakeet-ray finetune` runs in each Ray Train worker.
+One Ray Train worker on a local Ray, through the same `finetune.run` the CLI calls.
 """
 import argparse
 import time
 
-from jobs.train_loop import TrainConfig, local_reporter, train
-from model.spec_augment import SpecAugmentConfig
+from jobs import finetune
+from pipeline.training.config import TrainConfig
+from pipeline.training.spec_augment import SpecAugmentConfig
 
 DEMO_ARCH = {  # a few MB: 4 x 128 FastConformer, 80 mels, 128-wide prediction net and joint
     "encoder": {"n_layers": 4, "d_model": 128, "n_heads": 4, "subsampling_conv_channels": 64, "ff_expansion_factor": 4, "dropout": 0.1},
@@ -29,7 +30,8 @@ cfg = TrainConfig(
     train=f"{args.corpus}/train.jsonl", val=f"{args.corpus}/val.jsonl", output=args.output, preset="tiny",
     vocab_size=128, max_steps=args.max_steps, batch_seconds=args.batch_seconds, lr=args.lr, warmup_steps=40,
     spec_augment=SpecAugmentConfig(freq_masks=2, freq_width=15, time_masks=2, time_width=0.05), overrides=DEMO_ARCH,
+    val_every=60, checkpoint_every=60,
 )
 t0 = time.time()
-train(cfg, local_reporter(cfg.output))
+finetune.run(cfg, workers=1, cpus_per_worker=2)
 print(f"training wall time {time.time() - t0:.0f} s")
