@@ -83,16 +83,82 @@ def _config(args) -> "TrainConfig":
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """The CLI: a quiet console (Ray's own lines go to its log files), the progress lines read back from
+    OUTPUT/metrics.jsonl as rank 0 writes them, and the summary."""
+    from jobs.transcribe import RAY_CONSOLE_LOG, RAY_DATA_LOGGING, native_stderr_to
     from pipeline.sources import InputError
 
     try:
         cfg = _config(args)
-        return run(cfg, address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                   cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures,
-                   placement_strategy=args.placement_strategy)
+        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", RAY_DATA_LOGGING)
+        with native_stderr_to(RAY_CONSOLE_LOG):
+            import logging
+
+            import ray
+
+            if not ray.is_initialized():
+                ray.init(address=args.address, log_to_driver=False, logging_level=logging.ERROR,
+                         **({} if args.address or os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}))
+            from ray.data import DataContext
+
+            DataContext.get_current().enable_progress_bars = False
+            with _ProgressTail(cfg):
+                return run(cfg, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                           cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures,
+                           placement_strategy=args.placement_strategy)
     except (InputError, ValueError) as e:
         print(f"parakeet-ray finetune: error: {e}", file=sys.stderr)
         return 2
+
+
+class _ProgressTail:
+    """Prints the rows rank 0 appends to OUTPUT/metrics.jsonl as progress lines, polling every few seconds."""
+
+    def __init__(self, cfg, every_s: float = 3.0):
+        self.cfg, self.every_s = cfg, every_s
+
+    def __enter__(self):
+        import threading
+
+        import fsspec
+
+        self.fs, root = fsspec.core.url_to_fs(self.cfg.output, **self.cfg.storage_options)
+        self.path = f"{root.rstrip('/')}/metrics.jsonl"
+        self.seen = self._rows()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def _rows(self) -> int:
+        try:
+            with self.fs.open(self.path, "r") as f:
+                return sum(1 for line in f if line.strip())
+        except (FileNotFoundError, OSError):
+            return 0
+
+    def _loop(self):
+        from pipeline.training.loop import _progress_line
+
+        while not self.stop.wait(self.every_s):
+            self._print(_progress_line)
+        self._print(_progress_line)
+
+    def _print(self, fmt):
+        try:
+            with self.fs.open(self.path, "r") as f:
+                lines = [line for line in f.read().splitlines() if line.strip()]
+        except (FileNotFoundError, OSError):
+            return
+        if len(lines) < self.seen:  # rewritten on resume: rows after the checkpoint were dropped
+            self.seen = len(lines)
+        for line in lines[self.seen:]:
+            print(fmt(json.loads(line)), flush=True)
+        self.seen = len(lines)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=10)
 
 
 def run(cfg, address: str | None = None, workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
