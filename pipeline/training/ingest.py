@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,7 +129,7 @@ def iter_rows(batches: Iterable[dict[str, np.ndarray]]) -> Iterator[tuple[int, n
 
 
 def bucket_batches(rows: Iterable[tuple[int, np.ndarray, np.ndarray, str]], batch_seconds: float, buffer_batches: int,
-                   rng: random.Random, skip: set[int] | frozenset[int] = frozenset(),
+                   rng: random.Random, skip: Container[int] = frozenset(),
                    on_skip: Callable[[int, str], None] = lambda uid, reason: None,
                    frames: Callable[[int], int] | None = None) -> Iterator[MicroBatch]:
     """Duration-bucketed micro-batches from a stream of rows, with bounded memory.

@@ -36,7 +36,7 @@ from .joint_loss import tdt_joint_loss
 from .loss import tdt_loss
 from .schedule import warmup_cosine
 from .spec_augment import spec_augment
-from .state import RankState, load_checkpoint, restore_rng, save_checkpoint
+from .state import RankState, UidSet, load_checkpoint, restore_rng, save_checkpoint
 
 ROWS_PER_FETCH = 32  # rows per iter_batches call on the worker
 
@@ -190,7 +190,7 @@ def train_func(config: dict[str, Any]) -> None:
         opt.load_state_dict(restored.trainer["optimizer"])
         step, epoch, best = restored.trainer["step"], restored.trainer["epoch"], restored.trainer["best_wer"]
         if rank == 0:  # the union travels on with rank 0; the others start this epoch's record afresh
-            state = RankState(set(restored.consumed), Counter(restored.skipped))
+            state = RankState(restored.consumed, Counter(restored.skipped))
         if restored.mine is not None:
             restore_rng(restored.mine)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.warmup_steps, total), last_epoch=step - 1)
@@ -260,7 +260,7 @@ def train_func(config: dict[str, Any]) -> None:
     # --- the loop -------------------------------------------------------------------------------------
     last: MicroBatch | None = None
     pin = device.type == "cuda"
-    resume_skip = frozenset(restored.consumed) if restored is not None else frozenset()
+    resume_skip = UidSet(restored.consumed.array()) if restored is not None else UidSet()
     # --max-steps ends the run at that step; --epochs at that many epochs (`total` is then the schedule's
     # planned length: past it the LR stays at the cosine's floor)
     while (step < total) if cfg.max_steps else (epoch < cfg.epochs):
@@ -312,7 +312,7 @@ def train_func(config: dict[str, Any]) -> None:
         if not epoch_over:
             break  # --max-steps reached mid-epoch (its checkpoint is written)
         epoch += 1
-        finished, state, resume_skip = state.skipped, RankState(), frozenset()
+        finished, state, resume_skip = state.skipped, RankState(), UidSet()
         if not report("epoch", True, True, finished):
             return
 

@@ -15,7 +15,7 @@ from pipeline.sources import InputError
 from pipeline.training.config import TrainConfig
 from pipeline.training.ingest import MicroBatch, bucket_batches, collate, prepare_batch
 from pipeline.training.plan import build_plan, estimate_batches, iter_manifest, manifest_files, train_durations
-from pipeline.training.state import RankState, load_checkpoint, restore_rng, save_checkpoint
+from pipeline.training.state import RankState, UidSet, load_checkpoint, restore_rng, save_checkpoint
 from tests.model.helpers import tiny_model
 
 AUDIO = Path(__file__).resolve().parents[2] / "data" / "audio"
@@ -119,13 +119,20 @@ def _write(path, row):
     return str(path)
 
 
+def test_uid_set_is_a_set():
+    s = UidSet([3, 1, -1])
+    s.add(10_000)
+    s.update(np.array([1, 2]))
+    assert s.array().tolist() == [1, 2, 3, 10_000] and len(s) == 4 and 2 in s and 4 not in s and -1 not in s and 10**9 not in s
+
+
 def test_checkpoint_state_round_trip(tmp_path):
     m = tiny_model(tmp_path / "tok")
     torch.manual_seed(3)
     random.seed(3)
     np.random.seed(3)
-    save_checkpoint(str(tmp_path), 0, RankState({1, 5}, Counter(unreadable=2)), m, {"step": 7, "epoch": 1})
-    save_checkpoint(str(tmp_path), 1, RankState({2}, Counter(unreadable=1, too_long=1)))
+    save_checkpoint(str(tmp_path), 0, RankState(UidSet([1, 5]), Counter(unreadable=2)), m, {"step": 7, "epoch": 1})
+    save_checkpoint(str(tmp_path), 1, RankState(UidSet([2]), Counter(unreadable=1, too_long=1)))
     expected = (torch.rand(3), random.random(), np.random.rand())
     torch.manual_seed(0)
     restored = load_checkpoint(str(tmp_path), 0)
