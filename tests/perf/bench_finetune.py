@@ -124,13 +124,14 @@ def main() -> None:
     ap.add_argument("--scales", default="1,4,16")
     ap.add_argument("--batch-seconds", type=float, default=60.0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the worker (the rest decode)")
-    ap.add_argument("--object-store-gb", type=float, default=2.0, help="Ray's object store size (its shared-memory arena)")
+    ap.add_argument("--object-store-gb", type=float, default=None,
+                    help="Ray's object store size (its shared-memory arena; default Ray's: 30%% of RAM)")
     ap.add_argument("--trace", action="store_true", help="also print the worker's memory every 1/16 of each run")
     args = ap.parse_args()
     import ray
 
     ray.init(num_cpus=os.cpu_count() + 1, include_dashboard=False, log_to_driver=False,
-             object_store_memory=int(args.object_store_gb * 1024**3))
+             object_store_memory=int(args.object_store_gb * 1024**3) if args.object_store_gb else None)
     ray.data.DataContext.get_current().enable_progress_bars = False
     work = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
     results = {}
