@@ -85,6 +85,8 @@ def _config(args) -> "TrainConfig":
 def run_command(args: argparse.Namespace) -> int:
     """The CLI: a quiet console (Ray's own lines go to its log files), the progress lines read back from
     OUTPUT/metrics.jsonl as rank 0 writes them, and the summary."""
+    import math
+
     from jobs.transcribe import RAY_CONSOLE_LOG, RAY_DATA_LOGGING, native_stderr_to
     from pipeline.sources import InputError
 
@@ -97,8 +99,10 @@ def run_command(args: argparse.Namespace) -> int:
             import ray
 
             if not ray.is_initialized():
-                ray.init(address=args.address, log_to_driver=False, logging_level=logging.ERROR,
-                         **({} if args.address or os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}))
+                local = not (args.address or os.environ.get("RAY_ADDRESS"))
+                # an embedded Ray gets the workers' CPUs on top of the machine's: the decode tasks always have some
+                extra = {"include_dashboard": False, "num_cpus": (os.cpu_count() or 1) + math.ceil(args.workers * args.cpus_per_worker)}
+                ray.init(address=args.address, log_to_driver=False, logging_level=logging.ERROR, **(extra if local else {}))
             from ray.data import DataContext
 
             DataContext.get_current().enable_progress_bars = False
@@ -187,6 +191,11 @@ def run(cfg, address: str | None = None, workers: int = 1, gpus_per_worker: floa
         raise InputError("give --model (a checkpoint to fine-tune) or --preset (train from scratch)")
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=True)
+    free = ray.cluster_resources().get("CPU", 0.0) - workers * cpus_per_worker
+    if free < cfg.decode_cpus:
+        raise InputError(f"{workers} worker(s) x {cpus_per_worker:g} CPUs leave {max(free, 0):g} of the cluster's "
+                         f"{ray.cluster_resources().get('CPU', 0):g} CPUs for decoding (a decode task needs {cfg.decode_cpus:g}): "
+                         "lower --workers / --cpus-per-worker or add CPU nodes")
     plan = build_plan(cfg)
     if plan.bad > cfg.max_bad_fraction * plan.rows:
         raise InputError(f"{plan.bad} of the {plan.rows} training rows are bad before any audio is read "
@@ -230,11 +239,12 @@ def run(cfg, address: str | None = None, workers: int = 1, gpus_per_worker: floa
             _publish(fs, f"{root}/last", d)
     summary = {"final": metrics, "plan": {"rows": plan.rows, "skipped_before_decoding": plan.skipped,
                                           "audio_hours": plan.audio_seconds / 3600, "steps_per_epoch": steps_per_epoch},
-               "checkpoints": {"last": cfg.output.rstrip("/") + "/last", "best": cfg.output.rstrip("/") + "/best"}}
+               "checkpoints": {n: cfg.output.rstrip("/") + "/" + n for n in ("last", "best") if fs.exists(f"{root}/{n}/config.json")}}
     with fs.open(f"{root}/summary.json", "w") as f:
         f.write(json.dumps(summary, default=str, indent=2))
     print(f"done: step {metrics.get('step')}, epoch {metrics.get('epoch')}, skipped {metrics.get('skipped') or 'none'}")
-    print(f"checkpoints: {cfg.output.rstrip('/')}/last, {cfg.output.rstrip('/')}/best")
+    made = [f"{cfg.output.rstrip('/')}/{name}" for name in ("last", "best") if fs.exists(f"{root}/{name}/config.json")]
+    print(f"checkpoints: {', '.join(made) or 'none'}")
     return 0
 
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-import cloudpickle
+from ray import cloudpickle  # what Ray serialises train_loop_config with
 import numpy as np
 import pytest
 import soundfile as sf
@@ -45,17 +45,26 @@ class Recorder:
     def __call__(self, event):
         crashed = self.crash is not None and os.path.exists(self.crash[2])
         with open(os.path.join(self.folder, f"events-{os.getpid()}.jsonl"), "a") as f:
-            f.write(json.dumps({**event, "after_crash": crashed}) + "\n")
+            f.write(json.dumps({**event, "pid": os.getpid(), "t": time.time()}) + "\n")
         if self.crash and event["event"] == "step" and (event["rank"], event["step"]) == self.crash[:2] and not crashed:
             open(self.crash[2], "w").close()
             time.sleep(5)
             os._exit(1)
 
     def events(self, kind):
+        """Events of `kind`; each has `attempt`: 0 for the first worker group, 1 for the one Ray Train restarted."""
         out = []
         for p in sorted(Path(self.folder).glob("events-*.jsonl")):
-            out += [e for e in map(json.loads, p.read_text().splitlines()) if e["event"] == kind]
-        return out
+            out += [e for e in map(json.loads, p.read_text().splitlines())]
+        first = {}
+        for e in sorted(out, key=lambda e: e["t"]):
+            first.setdefault(e["pid"], (e["rank"], e["t"]))
+        starts = {}
+        for pid, (rank, t) in sorted(first.items(), key=lambda kv: kv[1][1]):
+            starts.setdefault(rank, []).append(pid)
+        for e in out:
+            e["attempt"] = starts[e["rank"]].index(e["pid"])
+        return [e for e in out if e["event"] == kind]
 
 
 def _cfg(train, out, **kw):
@@ -158,8 +167,8 @@ def test_killed_worker_resumes_at_the_last_step_checkpoint(ray_cluster, tmp_path
     assert finetune.run(cfg, workers=2, max_failures=2, callback=rec) == 0
     assert os.path.exists(marker)  # rank 1 really died, at step 3 of epoch 0
     steps = rec.events("step")
-    before = [e["step"] for e in steps if e["rank"] == 0 and not e["after_crash"]]
-    after = [e["step"] for e in steps if e["rank"] == 0 and e["after_crash"]]
+    before = sorted(e["step"] for e in steps if e["rank"] == 0 and e["attempt"] == 0)
+    after = sorted(e["step"] for e in steps if e["rank"] == 0 and e["attempt"] == 1)
     assert before[:3] == [1, 2, 3] and after[0] == 3  # the checkpoint of step 2, not the epoch start
     assert after == list(range(3, after[-1] + 1))
     total = _metrics(out)[-1]["total_steps"]
@@ -167,7 +176,7 @@ def test_killed_worker_resumes_at_the_last_step_checkpoint(ray_cluster, tmp_path
         assert e["lr"] == pytest.approx(cfg.lr * warmup_cosine(e["step"], cfg.warmup_steps, total), rel=1e-9)
     # and epoch 0 still used every utterance exactly once: what steps 1-2 trained, then the rest
     batches = rec.events("batch")
-    kept = [u for e in batches if e["epoch"] == 0 and (e["after_crash"] or e["step"] <= 2) for u in e["uids"]]
+    kept = [u for e in batches if e["epoch"] == 0 and (e["attempt"] == 1 or e["step"] <= 2) for u in e["uids"]]
     assert sorted(kept) == list(range(len(rows)))
     assert sorted(u for e in batches if e["epoch"] == 1 for u in e["uids"]) == list(range(len(rows)))
     history = [m["step"] for m in _metrics(out) if m["event"] == "step"]
