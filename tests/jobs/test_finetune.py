@@ -7,11 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from ray import cloudpickle  # what Ray serialises train_loop_config with
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from ray import cloudpickle  # what Ray serialises train_loop_config with
 
 import model
 from jobs import finetune
