@@ -236,7 +236,7 @@ def train_func(config: dict[str, Any]) -> None:
             score = metrics.get("val_wer", metrics["train_loss"] if reason == "epoch" else math.inf)
             metrics["best"] = bool(with_checkpoint and score < best)
             best = min(best, score) if with_checkpoint else best
-            metrics_log.write(metrics)
+            metrics_log.write(metrics, force=with_checkpoint or fatal is not None or (cfg.max_steps is not None and step >= total))
             print(_progress_line(metrics), flush=True)
         window.update(t0=time.perf_counter(), loss=0.0, batches=0, audio_s=0.0, tokens=0, wait=0.0)
         if reason == "epoch":
@@ -335,27 +335,41 @@ def _publish(fs, dest: str, folder: str) -> None:
 
 
 class _MetricsLog:
-    """OUTPUT/metrics.jsonl, one row per report. A resumed run drops the rows after its checkpoint's step
-    (they belong to steps that are being redone). Appends locally; rewrites on object stores (no append)."""
+    """OUTPUT/metrics.jsonl, one row per report. A resumed run first drops the rows after its checkpoint's step
+    (they belong to steps being redone). On a local filesystem each row is appended; object stores cannot append,
+    so the file is rewritten, at most every `rewrite_s` seconds and whenever `flush(force=True)` (checkpoints,
+    the end): the uploads stay a small multiple of the file's size per hour, not one per row."""
 
-    def __init__(self, cfg: TrainConfig, resumed_step: int):
+    def __init__(self, cfg: TrainConfig, resumed_step: int, rewrite_s: float = 60.0):
         import fsspec
+
+        from pipeline.sources import _is_local
 
         self.fs, root = fsspec.core.url_to_fs(cfg.output, **cfg.storage_options)
         self.path = f"{root.rstrip('/')}/metrics.jsonl"
+        self.local, self.rewrite_s, self.last = _is_local(self.fs), rewrite_s, 0.0
         self.rows: list[str] = []
         if self.fs.exists(self.path):
             with self.fs.open(self.path, "r") as f:
                 self.rows = [line for line in f.read().splitlines() if line and json.loads(line).get("step", 0) <= resumed_step]
-        self._flush()
+        self._rewrite()
 
-    def write(self, metrics: dict[str, Any]) -> None:
-        self.rows.append(json.dumps(metrics, default=float))
-        self._flush()
+    def write(self, metrics: dict[str, Any], force: bool = False) -> None:
+        row = json.dumps(metrics, default=float)
+        if self.local:
+            with self.fs.open(self.path, "a") as f:
+                f.write(row + "\n")
+            return
+        self.rows.append(row)
+        if force or time.monotonic() - self.last >= self.rewrite_s:
+            self._rewrite()
 
-    def _flush(self) -> None:
+    def _rewrite(self) -> None:
         with self.fs.open(self.path, "w") as f:
             f.write("".join(r + "\n" for r in self.rows))
+        self.last = time.monotonic()
+        if self.local:
+            self.rows = []  # appended from here on: nothing to keep
 
 
 def _progress_line(m: dict[str, Any]) -> str:

@@ -140,3 +140,22 @@ def test_checkpoint_state_round_trip(tmp_path):
     assert restored.skipped == {"unreadable": 3, "too_long": 1}
     restore_rng(restored.mine)
     assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1] and np.random.rand() == expected[2]
+
+
+@pytest.mark.parametrize("output", ["local", "memory://metrics-test"])
+def test_metrics_log_appends_locally_throttles_object_stores_and_drops_redone_steps(tmp_path, output):
+    import fsspec
+
+    from pipeline.training.loop import _MetricsLog
+
+    out = str(tmp_path / "out") if output == "local" else output
+    fs, root = fsspec.core.url_to_fs(out)
+    fs.makedirs(root, exist_ok=True)
+    fs.pipe(f"{root}/metrics.jsonl", b"".join(json.dumps({"step": s}).encode() + b"\n" for s in (1, 2, 3, 4)))
+    log = _MetricsLog(TrainConfig(train="-", output=out), resumed_step=2, rewrite_s=3600)
+    read = lambda: [json.loads(x)["step"] for x in fs.cat(f"{root}/metrics.jsonl").decode().splitlines()]  # noqa: E731
+    assert read() == [1, 2]  # steps 3-4 are being redone
+    log.write({"step": 3})
+    assert read() == ([1, 2, 3] if output == "local" else [1, 2])  # an object store waits for the next rewrite
+    log.write({"step": 4}, force=True)
+    assert read() == [1, 2, 3, 4]
