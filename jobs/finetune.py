@@ -227,8 +227,9 @@ def run(cfg, address: str | None = None, workers: int = 1, gpus_per_worker: floa
         last_before = None
     result = trainer.fit()
     metrics = _last_metrics(fs, root) if fs.exists(f"{root}/metrics.jsonl") else {}
-    if metrics == last_before:
-        metrics = {}
+    if last_before and metrics == last_before and not result.error:  # resumed at the end: nothing was left to train
+        print(f"nothing to train: {cfg.output} already holds step {metrics.get('step')} of {metrics.get('total_steps')} "
+              f"(epoch {metrics.get('epoch')}); give more --max-steps or --epochs to continue")
     if result.error or metrics.get("fatal"):
         print(f"parakeet-ray finetune: failed: {metrics.get('fatal') or result.error}", file=sys.stderr)
         return 1
