@@ -221,12 +221,9 @@ def run(cfg, address: str | None = None, workers: int = 1, gpus_per_worker: floa
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
     )
-    if fs.exists(f"{root}/metrics.jsonl"):  # a leftover of an earlier run is rewritten by rank 0; the driver reads the new last row
-        last_before = _last_metrics(fs, root)
-    else:
-        last_before = None
+    last_before = _last_metrics(fs, root)  # an earlier run's last row, if any: rank 0 appends the new ones
     result = trainer.fit()
-    metrics = _last_metrics(fs, root) if fs.exists(f"{root}/metrics.jsonl") else {}
+    metrics = _last_metrics(fs, root)
     if last_before and metrics == last_before and not result.error:  # resumed at the end: nothing was left to train
         print(f"nothing to train: {cfg.output} already holds step {metrics.get('step')} of {metrics.get('total_steps')} "
               f"(epoch {metrics.get('epoch')}); give more --max-steps or --epochs to continue")
@@ -234,10 +231,10 @@ def run(cfg, address: str | None = None, workers: int = 1, gpus_per_worker: floa
         print(f"parakeet-ray finetune: failed: {metrics.get('fatal') or result.error}", file=sys.stderr)
         return 1
     if result.checkpoint is not None:
-        from pipeline.training.loop import _publish
+        from pipeline.training.loop import publish_model
 
         with result.checkpoint.as_directory() as d:
-            _publish(fs, f"{root}/last", d)
+            publish_model(fs, f"{root}/last", d)
     summary = {"final": metrics, "plan": {"rows": plan.rows, "skipped_before_decoding": plan.skipped,
                                           "audio_hours": plan.audio_seconds / 3600, "steps_per_epoch": steps_per_epoch},
                "checkpoints": {n: cfg.output.rstrip("/") + "/" + n for n in ("last", "best") if fs.exists(f"{root}/{n}/config.json")}}
@@ -250,6 +247,9 @@ def run(cfg, address: str | None = None, workers: int = 1, gpus_per_worker: floa
 
 
 def _last_metrics(fs, root: str) -> dict:
+    """The last row of OUTPUT/metrics.jsonl ({} when there is none)."""
+    if not fs.exists(f"{root}/metrics.jsonl"):
+        return {}
     with fs.open(f"{root}/metrics.jsonl", "r") as f:
         lines = [line for line in f.read().splitlines() if line.strip()]
     return json.loads(lines[-1]) if lines else {}

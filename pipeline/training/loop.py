@@ -248,7 +248,7 @@ def train_func(config: dict[str, Any]) -> None:
             trainer = {"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "best_wer": best, "total_steps": total}
             save_checkpoint(tmp, rank, state, m if rank == 0 else None, trainer)
             if rank == 0 and metrics["best"]:
-                _publish(out_fs, f"{out_root.rstrip('/')}/best", tmp)
+                publish_model(out_fs, f"{out_root.rstrip('/')}/best", tmp)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"epoch-{epoch:04d}-step-{step:08d}")
         return True
@@ -322,8 +322,8 @@ def _filler() -> MicroBatch:
     return MicroBatch([-1], [np.zeros(16000, dtype=np.float32)], [np.zeros(1, dtype=np.int32)])
 
 
-def _publish(fs, dest: str, folder: str) -> None:
-    """Copy a checkpoint's model files (not the trainer or rank state) to `dest` (OUTPUT/best)."""
+def publish_model(fs, dest: str, folder: str) -> None:
+    """Copy a checkpoint's model files (not the trainer or rank state) to `dest` (OUTPUT/best, OUTPUT/last)."""
     import os
 
     if fs.exists(dest):
