@@ -106,8 +106,18 @@ BLOCK_FRAMES = 1 << 20  # frames read (and downmixed) at a time: memory holds mo
 
 
 def _mono(block: np.ndarray) -> np.ndarray:
-    """(frames, channels) -> (frames,) by the channel mean."""
-    return block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0].copy()
+    """(frames, channels) -> (frames,) by the channel mean, bit-equal to `block.mean(axis=1, dtype=float32)`
+    (NeMo's downmix). Below 8 channels numpy sums a row in order, so the columns are added in order:
+    a (frames, 2) mean is about 15x slower than that (2.3 ms against 0.15 ms per 3 s of 44.1 kHz stereo)."""
+    channels = block.shape[1]
+    if channels >= 8:  # numpy's pairwise order from 8 on
+        return block.mean(axis=1, dtype=np.float32)
+    mono = block[:, 0].copy()
+    for c in range(1, channels):
+        mono += block[:, c]
+    if channels > 1:
+        mono /= np.float32(channels)
+    return mono
 
 
 def _decode_soundfile(source, label: str) -> tuple[np.ndarray, int] | None:

@@ -229,7 +229,8 @@ def transcribed(cfg: TranscribeConfig, ds, actors: int, gpus_per_actor: float, t
             num_threads=cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor)),
         ),
         compute=ray.data.ActorPoolStrategy(size=actors),
-        batch_size=cfg.window_rows or DEFAULT_WINDOW_ROWS, batch_format="numpy", num_cpus=cfg.cpus_per_actor,
+        # pyarrow: the decoded waveforms reach the actor as the decode tasks' buffers (decode.waveforms)
+        batch_size=cfg.window_rows or DEFAULT_WINDOW_ROWS, batch_format="pyarrow", num_cpus=cfg.cpus_per_actor,
         num_gpus=gpus_per_actor,
     )
 

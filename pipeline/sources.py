@@ -43,12 +43,12 @@ def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple
 
 def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """The URI that names `path` on `fs` (local paths stay plain absolute paths)."""
-    if _is_local(fs):
+    if is_local(fs):
         return os.path.abspath(path)
     return fs.unstrip_protocol(path)
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
 
@@ -137,7 +137,7 @@ def _resolve(value: str, base: str, fs: fsspec.AbstractFileSystem) -> str:
     if "://" in value or os.path.isabs(value):
         return value
     joined = f"{base}/{value}"
-    return os.path.abspath(joined) if _is_local(fs) and "://" not in base else joined
+    return os.path.abspath(joined) if is_local(fs) and "://" not in base else joined
 
 
 def read_manifest_table(uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:

@@ -343,11 +343,11 @@ class _MetricsLog:
     def __init__(self, cfg: TrainConfig, resumed_step: int, rewrite_s: float = 60.0):
         import fsspec
 
-        from pipeline.sources import _is_local
+        from pipeline.sources import is_local
 
         self.fs, root = fsspec.core.url_to_fs(cfg.output, **cfg.storage_options)
         self.path = f"{root.rstrip('/')}/metrics.jsonl"
-        self.local, self.rewrite_s, self.last = _is_local(self.fs), rewrite_s, 0.0
+        self.local, self.rewrite_s, self.last = is_local(self.fs), rewrite_s, 0.0
         self.rows: list[str] = []
         if self.fs.exists(self.path):
             with self.fs.open(self.path, "r") as f:

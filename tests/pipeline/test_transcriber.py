@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.longform import split_points
-from pipeline.decode import decode_batch
+from pipeline.decode import decode_batch, waveforms
 from pipeline.schema import TRANSCRIPT_SCHEMA
 from pipeline.transcriber import Transcriber, resolve_device
 from tests.pipeline.conftest import AUDIO, CLIPS
@@ -30,7 +30,7 @@ def test_texts_and_timestamps_equal_the_bare_model(model_dir, loaded_model, tmp_
 
 
 def test_long_input_is_chunked_and_stitched_on_one_timeline(model_dir, loaded_model):
-    clips = decode_batch({"audio_uri": np.array([str(AUDIO / c) for c in CLIPS], dtype=object)})["waveform"]
+    clips = waveforms(decode_batch({"audio_uri": np.array([str(AUDIO / c) for c in CLIPS], dtype=object)}))
     pause = np.zeros(8000, np.float32)
     long = np.concatenate([x for c in clips for x in (c, pause)])  # ~28 s
     chunk_s = 7.0
