@@ -121,7 +121,8 @@ def aggregate(values: Sequence[float], how: str) -> float:
 
 
 class BlankScores:
-    """Running aggregation of each row's blank-step scores since its last emitted token (B rows)."""
+    """Running aggregation of each row's blank-step scores since its last emitted token (B rows).
+    Updated in place, so the tensors can be static buffers of a captured CUDA graph (model/label_looping.py)."""
 
     def __init__(self, b: int, how: str, device):
         self.how = how
@@ -129,6 +130,10 @@ class BlankScores:
         self.init = init
         self.acc = torch.full((b,), init, dtype=torch.float64, device=device)
         self.n = torch.zeros(b, dtype=torch.long, device=device)
+
+    def reset(self) -> None:
+        self.acc.fill_(self.init)
+        self.n.zero_()
 
     def add(self, scores: torch.Tensor, mask: torch.Tensor) -> None:
         s = scores.to(torch.float64)
@@ -140,14 +145,14 @@ class BlankScores:
             new = self.acc * s
         else:
             new = self.acc + s
-        self.acc = torch.where(mask, new, self.acc)
-        self.n = self.n + mask.long()
+        self.acc.copy_(torch.where(mask, new, self.acc))
+        self.n.add_(mask.long())
 
     def take(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(acc, n) of every row, then reset the rows in `mask` (they just emitted a token)."""
         acc, n = self.acc.clone(), self.n.clone()
-        self.acc = torch.where(mask, torch.full_like(self.acc, self.init), self.acc)
-        self.n = torch.where(mask, torch.zeros_like(self.n), self.n)
+        self.acc.masked_fill_(mask, self.init)
+        self.n.masked_fill_(mask, 0)
         return acc, n
 
 

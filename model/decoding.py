@@ -22,8 +22,8 @@ inner loop where rows holding a blank skip ahead by the blank's duration, all ro
 once), then runs the prediction network once, for the whole batch, keeping the old state of rows
 that did not emit. Durations are each row's own (NeMo 3.0's batched CPU bookkeeping records wrong
 durations for rows that found their label early; its batch-size-1 output, the reference, does not).
-State lives in fixed-shape device tensors (a CUDA graph could capture both loops); the host syncs
-once per inner and once per outer iteration, on a single boolean.
+Two implementations give equal hypotheses: the compact one here (CPU) and the fixed-shape stages of
+model/label_looping.py (static tensors, no host reads inside a stage: CUDA-graph capturable).
 """
 from __future__ import annotations
 
@@ -67,8 +67,9 @@ def greedy_tdt(
     blank steps are those label looping records (a stalled blank under rule "greedy" counts once).
 
     `compact`: search labels on the rows still searching only, each with a window of frames evaluated
-    at once (fewer evaluations, data-dependent shapes, host syncs per step: the CPU path), or on every
-    row, one frame at a time, with masked updates (fixed shapes, what a CUDA graph needs). None picks
+    at once (fewer evaluations, data-dependent shapes, host syncs per step: the CPU path), or run
+    model/label_looping.py's fixed-shape stages (every row, one frame at a time, masked in-place updates
+    of static tensors: what a CUDA graph captures; the model's CUDA path captures them). None picks
     compact on CPU, fixed shapes elsewhere; the result is identical.
 
     `predictor(tokens (B, 1), state) -> (out (B, 1, H), state (h, c) each (L, B, H))`;
@@ -84,55 +85,35 @@ def greedy_tdt(
         compact = encoder_out.device.type == "cpu"
     if t_max == 0 or b == 0:
         return [Hypothesis((), (), ()) for _ in range(b)]
+    if not compact:
+        from .label_looping import LabelLooping  # the fixed-shape stages; it builds on this module
+
+        return LabelLooping(predictor, joint, blank_id, durations, max_symbols_per_step, rule, confidence)(
+            encoder_out, encoder_lengths)
     device = encoder_out.device
     lengths = encoder_lengths.to(device=device, dtype=torch.long).clamp(0, t_max)
     dur_values = torch.tensor(list(durations), device=device, dtype=torch.long)
     enc_proj = joint.project_encoder(encoder_out)  # (B, T, J), projected once
-    rows = torch.arange(b, device=device)
 
     score = (lambda logits: step_confidence(logits, blank_id, confidence)) if confidence else None
     blanks = BlankScores(b, confidence.aggregation, device) if confidence and not confidence.exclude_blank else None
-
-    def evaluate(time: torch.Tensor, g_proj: torch.Tensor):
-        """(label, duration, score or None) of every row at its current frame (the fixed-shape path)."""
-        f = enc_proj[rows, time.clamp(max=t_max - 1)]  # (B, J) each row's current frame
-        logits = joint.combine(f, g_proj).float()  # (B, V + 1 + n_durations)
-        label, dur = logits[:, : blank_id + 1].argmax(-1), dur_values[logits[:, blank_id + 1 :].argmax(-1)]
-        return label, dur, (score(logits) if score else None)
 
     sos = torch.full((b, 1), blank_id, dtype=torch.long, device=device)  # blank = start of sequence
     g, state = predictor(sos, None)
     g_proj = joint.project_predictor(g[:, 0])  # (B, J)
     time = torch.zeros(b, dtype=torch.long, device=device)  # current frame per row
-    symbols = torch.zeros(b, dtype=torch.long, device=device)  # joint evaluations at the current frame
+    symbols = torch.zeros(b, dtype=torch.long, device=device)  # count at the current frame (see _advance)
     steps: list[tuple[torch.Tensor, ...]] = []
-    frames_per_search = 2.0  # running estimate of frames a label search walks (sizes the CPU window)
+    frames_per_search = 2.0  # running estimate of frames a label search walks (sizes the window)
     while True:
         active = time < lengths
-        if compact:
-            before = time.clone()
-            label, dur, conf, time, symbols = _find_labels_windowed(
-                enc_proj, g_proj, joint, time, symbols, lengths, active, blank_id, dur_values, max_symbols_per_step,
-                frames_per_search, looping, score, blanks)
-            walked = (time - before)[active].float()
-            if walked.numel():
-                frames_per_search = 0.7 * frames_per_search + 0.3 * float(walked.mean())
-        else:
-            label, dur, conf = evaluate(time, g_proj)
-            # Inner loop: rows holding a blank skip ahead until they find a label or run out of frames.
-            searching = active & (label == blank_id)
-            if blanks is not None:
-                blanks.add(conf, searching)
-            while bool(searching.any()):
-                time, symbols = _advance(time, symbols, label, dur, searching, blank_id, max_symbols_per_step, looping)
-                searching &= time < lengths
-                new_label, new_dur, new_conf = evaluate(time, g_proj)
-                label, dur = torch.where(searching, new_label, label), torch.where(searching, new_dur, dur)
-                if score:
-                    conf = torch.where(searching, new_conf, conf)
-                    if blanks is not None:
-                        blanks.add(conf, searching & (label == blank_id))
-                searching &= label == blank_id
+        before = time.clone()
+        label, dur, conf, time, symbols = _find_labels_windowed(
+            enc_proj, g_proj, joint, time, symbols, lengths, active, blank_id, dur_values, max_symbols_per_step,
+            frames_per_search, looping, score, blanks)
+        walked = (time - before)[active].float()
+        if walked.numel():
+            frames_per_search = 0.7 * frames_per_search + 0.3 * float(walked.mean())
         emit = time < lengths  # every row still inside its audio now holds a label
         if not bool(emit.any()):
             break

@@ -11,6 +11,7 @@ from .audio import decode_audio, probe_duration
 from .confidence import DEFAULT_CONFIDENCE, ConfidenceConfig
 from .config import DECODING_STRATEGIES
 from .decoding import greedy_tdt
+from .label_looping import decoder_for
 from .longform import DEFAULT_CHUNK_SECONDS, chunk_limit, frame_samples, split_points, stitch
 from .records import Transcript
 from .timestamps import build_transcript, supported_punctuation
@@ -38,8 +39,11 @@ def transcribe_waveforms(m: "ParakeetTDT", waveforms: torch.Tensor, lengths: tor
     cfg = m.config
     rule = decoding_rule(m, decoding)
     enc, enc_lengths = m.encode(waveforms, lengths)
-    hyps = greedy_tdt(enc, enc_lengths, m.predictor, m.joint, cfg.blank_id, cfg.durations, cfg.max_symbols_per_step,
-                      rule=rule, confidence=confidence)
+    if enc.device.type == "cuda":  # the fixed-shape stages, captured as CUDA graphs once and replayed
+        hyps = decoder_for(m, rule, confidence)(enc, enc_lengths)
+    else:
+        hyps = greedy_tdt(enc, enc_lengths, m.predictor, m.joint, cfg.blank_id, cfg.durations, cfg.max_symbols_per_step,
+                          rule=rule, confidence=confidence)
     punct = _punctuation(m)
     stride = cfg.features.hop_length / cfg.features.sample_rate  # 0.01 s, NeMo's window_stride
     return [

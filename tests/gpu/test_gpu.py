@@ -10,6 +10,7 @@ import torch
 
 import model
 from model.decoding import greedy_tdt
+from model.label_looping import LabelLooping
 from tests.gpu.conftest import DEVICE
 
 pytestmark = pytest.mark.gpu
@@ -66,28 +67,73 @@ def test_bf16_agrees_with_fp32():
 
 
 def test_throughput_printout():
-    """Not an assertion on speed: prints RTFx of the 0.6B v2 shape (random weights) at batch 1 / 16 / 64."""
+    """Not an assertion on speed: prints RTFx of the 0.6B v2 shape (random weights) at batch 1 / 16 / 64 / 128,
+    and the decoding time of the fixed-shape stages eager and (on CUDA) replayed as CUDA graphs."""
     from jobs.bench import _realistic_emissions, synthetic_audio
     from model.config import preset
 
     torch.manual_seed(0)
     m = model.ParakeetTDT(preset("parakeet-tdt-0.6b-v2"), None).eval()
     _realistic_emissions(m)
-    dtype = torch.bfloat16 if DEVICE.startswith("cuda") else torch.float32
+    cuda = DEVICE.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
     m = m.to(device=DEVICE, dtype=dtype)
     c = m.config
-    sizes = (1, 16, 64) if DEVICE.startswith("cuda") else (1,)
-    for b in sizes:
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def timed(fn):
+        fn()  # warm-up (and graph capture)
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        return time.perf_counter() - t0, out
+
+    for b in (1, 16, 64, 128) if cuda else (1,):
         audio = torch.stack([torch.from_numpy(synthetic_audio(10.0, seed=i)) for i in range(b)]).to(DEVICE)
         lengths = torch.full((b,), audio.shape[1], device=DEVICE)
         with torch.inference_mode():
-            for repeat in range(2):
-                if DEVICE.startswith("cuda"):
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                enc, elen = m.encode(audio, lengths)
-                greedy_tdt(enc, elen, m.predictor, m.joint, c.blank_id, c.durations, c.max_symbols_per_step)
-                if DEVICE.startswith("cuda"):
-                    torch.cuda.synchronize()
-                wall = time.perf_counter() - t0
-        print(f"{DEVICE} {dtype}: batch {b:3d}: RTFx {b * 10.0 / wall:.0f}")
+            t_enc, (enc, elen) = timed(lambda: m.encode(audio, lengths))
+            eager = LabelLooping(m.predictor, m.joint, c.blank_id, c.durations, c.max_symbols_per_step)
+            t_eager, h_eager = timed(lambda: eager(enc, elen))
+            line = f"{DEVICE} {dtype}: batch {b:3d}: encoder {t_enc * 1e3:.1f} ms, decoding eager {t_eager * 1e3:.1f} ms"
+            t_dec = t_eager
+            if cuda:
+                graphs = LabelLooping(m.predictor, m.joint, c.blank_id, c.durations, c.max_symbols_per_step, cuda_graphs=True)
+                t_graph, h_graph = timed(lambda: graphs(enc, elen))
+                assert h_graph == h_eager
+                line += f", CUDA graphs {t_graph * 1e3:.1f} ms ({t_eager / t_graph:.1f}x)"
+                t_dec = t_graph
+        print(f"{line}; RTFx {b * 10.0 / (t_enc + t_dec):.0f}")
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("rule", ["greedy_batch", "greedy"])
+def test_cuda_graph_decoder_equals_the_cpu_decoder(name, rule):
+    """The stages captured as CUDA graphs and replayed (the model's CUDA path) against the compact CPU decoder,
+    with and without confidence scores, one decoder reused over batches of other sizes and lengths."""
+    if not DEVICE.startswith("cuda"):
+        pytest.skip("CUDA graphs need a CUDA device")
+    from model.confidence import ConfidenceConfig
+    from model.transcribe import _pad, _to_array
+
+    paths, _ = _clips(name)
+    cpu = model.load(DATA / "nemo" / f"{name}.nemo")
+    dev = model.load(DATA / "nemo" / f"{name}.nemo", device=DEVICE)
+    c = cpu.config
+    batch, lengths = _pad([_to_array(str(p), 16000) for p in paths])
+    for confidence in (None, ConfidenceConfig(), ConfidenceConfig(exclude_blank=False, aggregation="mean")):
+        graphs = LabelLooping(dev.predictor, dev.joint, c.blank_id, c.durations, c.max_symbols_per_step, rule, confidence,
+                              cuda_graphs=True)
+        for rows in (slice(None), slice(1, 3), slice(0, 1)):
+            with torch.inference_mode():
+                enc, elen = cpu.encode(batch[rows], lengths[rows])
+                want = greedy_tdt(enc, elen, cpu.predictor, cpu.joint, c.blank_id, c.durations, c.max_symbols_per_step,
+                                  compact=True, rule=rule, confidence=confidence)
+                got = graphs(enc.to(DEVICE), elen.to(DEVICE))
+            assert graphs.cuda_graphs and set(graphs.graphs) == {"start", "before_inner", "inner", "after_inner"}
+            for g, w in zip(got, want):
+                assert (g.token_ids, g.frames, g.durations) == (w.token_ids, w.frames, w.durations)
+                assert np.allclose(g.token_confidence, w.token_confidence, atol=1e-4)
+    dev.transcribe(paths, batch_size=8)
+    assert all(d.cuda_graphs and d.graphs for d in dev._label_looping.values())  # transcribe on CUDA replays graphs
