@@ -35,8 +35,11 @@ MAX_BLOCK_ROWS = 32  # inputs per listing block: bounds decode-task size, keeps 
 # 26.9 to 20.6 to 18.1 s, decode batches of 4 -> 32 inputs from 26.9 to 24.4 s, 2 torch threads beat 1 (20.6 / 23.2 s).
 WINDOW_BATCHES = 8  # an actor call holds about this many --batch-seconds of audio: sorted over, padding stays low
 MAX_WINDOW_ROWS = 1024
-DECODE_TASK_SECONDS = 400.0  # audio per decode task (~26 MB of 16 kHz float32)
-MAX_DECODE_ROWS = 64
+# Audio per decode task (~100 MB of 16 kHz float32). Each Ray task costs CPU on the driver, raylet and
+# worker besides the decoding; on 2 cores, next to the CPU model actor, 6,000 clips of 3 s went from 860
+# audio-s/s in steady state with 64-clip tasks to 1,040 with 256 and 1,100 with 512 (1,024: no better).
+DECODE_TASK_SECONDS = 1600.0
+MAX_DECODE_ROWS = 512
 DEFAULT_WINDOW_ROWS, DEFAULT_DECODE_ROWS = 32, 4  # when no input's duration can be read from its header
 DURATION_SAMPLE = 32  # headers read to estimate the typical duration
 
