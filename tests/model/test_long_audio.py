@@ -92,7 +92,9 @@ def test_memory_does_not_grow_with_the_input():
     cost about what 10 do (one 300 s chunk's activations, plus the transcript); in one piece 20 minutes
     cost far more. (Measured here: 249 / 302 MB, and 755 MB in one piece; before the pause search ran
     in blocks, its float64 copies of the whole waveform added ~15 MB a minute.)"""
-    ten, thirty = _peak_growth_mb(10, DEFAULT_CHUNK_SECONDS), _peak_growth_mb(30, DEFAULT_CHUNK_SECONDS)
+    # Each the least of two fresh processes: a peak is one moment's RSS, and on a loaded machine one run in
+    # the full suite once peaked 80 MB above the same run alone; growth with the input shows in every run.
+    ten, thirty = (min(_peak_growth_mb(m, DEFAULT_CHUNK_SECONDS) for _ in range(2)) for m in (10, 30))
     whole = _peak_growth_mb(20, None)
     print(f"peak RSS growth: 10 min {ten:.0f} MB, 30 min {thirty:.0f} MB, 20 min in one piece {whole:.0f} MB")
     assert thirty < ten + 120  # 3x the audio; the waveform itself is not counted (decoded before the mark)
