@@ -47,13 +47,11 @@ def decode_one(uri: str, storage_options: dict[str, Any] | None = None) -> tuple
 _EMPTY = np.zeros(0, dtype=np.float32)
 
 
-WAVEFORM = pa.large_list(pa.float32())  # int64 offsets: a block may hold more than 2**31 samples (37 h)
-
-
 def decode_batch(batch: dict[str, Any], storage_options: dict[str, Any] | None = None) -> pa.Table:
     """`{"audio_uri": (B,)}` -> a table: audio_uri, waveform, num_samples, sample_rate, duration_s, error, error_kind.
 
-    The waveforms are one contiguous float32 buffer with offsets (an Arrow large_list column), which Ray
+    The waveforms are one contiguous float32 buffer with offsets (an Arrow large_list column: int64
+    offsets, since a block may hold more than 2**31 samples, 37 h), which Ray
     moves through the object store and hands to the model actors as is: the actor reads each waveform as
     a zero-copy view (`waveforms(table)`), where a column of numpy arrays would be converted to Ray's
     variable-shaped tensor type, concatenated and converted back on the way."""
