@@ -36,7 +36,7 @@ def register(subparsers) -> None:
                    help="model folder, .nemo file, fsspec URI or Hugging Face hub id (default: the bundled demo model)")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join: 'auto', 'ray://host:10001', or host:port; default: start a local Ray")
-    p.add_argument("--actors", type=int, default=None, help="model actors (default: one per GPU, or 1 without GPUs)")
+    p.add_argument("--actors", type=int, default=None, help="model actors (default: one per GPU; without GPUs one single-thread actor per core as far as memory holds the model, fewer for a small job)")
     p.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 if the cluster has GPUs, else 0)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, help="Ray CPUs each actor reserves (default: 1)")
     p.add_argument("--threads-per-actor", type=int, default=None,
@@ -61,7 +61,7 @@ def register(subparsers) -> None:
                    help="score tokens with the blank steps after them (NeMo exclude_blank: false)")
     c.add_argument("--confidence-tdt-duration", action="store_true",
                    help="also score the duration prediction (NeMo tdt_include_duration)")
-    p.add_argument("--batch-seconds", type=float, default=None, help="padded audio seconds per model call (default: 600)")
+    p.add_argument("--batch-seconds", type=float, default=None, help="padded audio seconds per model call (default: 600; 120 for a model under 100 MB on CPU)")
     p.add_argument("--chunk-seconds", type=float, default=None,
                    help="inputs longer than this are split at pauses and stitched (default: 300)")
     p.add_argument("--extensions", default=None, help="comma-separated file extensions to pick up under INPUT (default: common audio)")
@@ -71,9 +71,9 @@ def register(subparsers) -> None:
                         "replace those rows (each input keeps exactly one row)")
     p.add_argument("--window-rows", type=int, default=None,
                    help="inputs handed to an actor per call, sorted and batched by duration inside "
-                        "(default: 3 x --batch-seconds of audio, from the inputs' header durations)")
+                        "(default: 8 x --batch-seconds, at least 4,800 s, of audio, at most 1,024 inputs, from the inputs' header durations)")
     p.add_argument("--decode-tasks", type=int, default=None,
-                   help="concurrent decode tasks (default: 4 per GPU actor, 1 per CPU actor)")
+                   help="concurrent decode tasks (default: 4 per GPU actor, 1 per CPU node)")
     p.add_argument("--rows-per-file", type=int, default=None, help="rows per output Parquet file (default: 256)")
     p.add_argument("--storage-options", default=None, help='JSON of fsspec options, e.g. \'{"anon": false, "profile": "x"}\'')
     p.add_argument("--lease-timeout", type=float, default=600.0,

@@ -137,14 +137,15 @@ def _decode_soundfile(source, label: str) -> tuple[np.ndarray, int] | None:
         blocks = []
         try:
             while True:
-                block = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+                # mono: libsndfile's own buffer is the waveform (no per-channel copy)
+                block = f.read(BLOCK_FRAMES, dtype="float32", always_2d=f.channels > 1)
                 if not len(block):
                     break
-                blocks.append(_mono(block))
+                blocks.append(_mono(block) if block.ndim == 2 else block)
         except (sf.LibsndfileError, RuntimeError) as e:
             reason = getattr(e, "error_string", None) or str(e)
             raise AudioDecodeError(label, f"truncated: the decoder stopped mid-stream ({reason})", "truncated") from e
-    data = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    data = blocks[0] if len(blocks) == 1 else np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
     _check_length(label, declared, len(data), rate)
     return data, rate
 

@@ -118,6 +118,38 @@ def load(source: str | os.PathLike, device: str | torch.device | None = None, dt
     return model.eval()
 
 
+def checkpoint_bytes(source: str | os.PathLike) -> int | None:
+    """The stored size of the checkpoint `load(source)` would read, without reading it: a local file or folder's
+    bytes, an fsspec URI's (`du`), or a hub repo's files (its local cache, else the hub's file list). None when
+    it cannot be told (no such path, no network): a size for planning, not a check."""
+    source = os.fspath(source)
+    try:
+        if "://" in source and not source.startswith("file://"):
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(source)
+            return int(fs.du(root, total=True)) or None
+        path = Path(source.removeprefix("file://"))
+        if path.is_file():
+            return path.stat().st_size
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+            return None
+        from huggingface_hub import HfApi, scan_cache_dir
+
+        try:
+            cached = [r for r in scan_cache_dir().repos if r.repo_id == source and r.repo_type == "model"]
+        except Exception:  # no cache folder yet
+            cached = []
+        if cached:
+            return max(r.size_on_disk for r in cached[0].revisions)
+        info = HfApi().model_info(source, files_metadata=True, timeout=10)
+        return sum(f.size or 0 for f in info.siblings or []) or None
+    except Exception:  # planning goes on with a default size; load() names the real problem
+        return None
+
+
 def _local_path(source: str) -> Path | None:
     """An existing local path for `source` (no fsspec protocol), or None when it names a hub repo."""
     path = Path(source.removeprefix("file://"))

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from model.confidence import DEFAULT_CONFIDENCE, ConfidenceConfig
+from model.checkpoint import checkpoint_bytes
 from model.config import DECODING_STRATEGIES
 from model.longform import DEFAULT_CHUNK_SECONDS
 
@@ -27,6 +28,14 @@ from .sources import DEFAULT_EXTENSIONS, filesystem, list_inputs
 from .transcriber import PRECISIONS, Transcriber
 
 DECODE_CPUS = 1.0  # per decode task
+COMMIT_CPUS = 0.25  # per commit task
+# What a CPU actor needs besides its copy of the weights (the worker, torch, a window of audio, one batch's
+# activations), and the weights assumed when the checkpoint's size cannot be read (parakeet-tdt-1.1b in fp32).
+CPU_ACTOR_OVERHEAD_BYTES = 1.5 * 1024**3
+UNKNOWN_CHECKPOINT_BYTES = 4.5 * 1024**3
+SMALL_MODEL_BYTES = 100 * 1024**2  # below this a model's CPU batches are kept short (batch_seconds_for)
+CPU_SMALL_MODEL_BATCH_SECONDS = 120.0
+MIN_AUDIO_PER_ACTOR_S = 1800.0  # a job starts another actor only for at least this much more audio
 DECODE_MEMORY_BYTES = 512 * 1024**2  # per decode task: the worker (torch imported) plus a few files of audio
 DECODERS_PER_GPU_ACTOR = 4
 MAX_BLOCK_ROWS = 32  # inputs per listing block: bounds decode-task size, keeps block count modest
@@ -51,7 +60,7 @@ class TranscribeConfig:
     input_uri: str
     output_uri: str
     model_uri: str
-    actors: int | None = None  # Transcriber actors; default: one per GPU (or 1 on CPU clusters)
+    actors: int | None = None  # Transcriber actors; default: one per GPU, or per core of CPU nodes (cpu_actors_per_node)
     gpus_per_actor: float | None = None  # default: 1 if the cluster has GPUs, else 0
     cpus_per_actor: float = 1.0  # Ray CPUs each actor reserves
     threads_per_actor: int | None = None  # torch threads of a CPU actor; None: its node's cores / CPU actors there
@@ -59,7 +68,7 @@ class TranscribeConfig:
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or fp32 / bf16 / fp16
     decoding: str | None = None  # greedy_batch / greedy; None: the checkpoint's decoding strategy
     confidence: ConfidenceConfig | None = DEFAULT_CONFIDENCE  # None: no confidence scores
-    batch_seconds: float = DEFAULT_BATCH_SECONDS  # padded audio seconds per model call
+    batch_seconds: float | None = None  # padded audio seconds per model call; None: see batch_seconds_for
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS  # longer inputs are chunked and stitched
     window_rows: int | None = None  # inputs per actor call (sorted, batched inside); None: WINDOW_BATCHES batches' worth
     decode_rows: int | None = None  # inputs per decode task; None: about DECODE_TASK_SECONDS of audio
@@ -77,7 +86,7 @@ class TranscribeConfig:
         if self.decoding is not None and self.decoding not in DECODING_STRATEGIES:
             raise ValueError(f"decoding must be one of {DECODING_STRATEGIES}, got {self.decoding!r}")
         for name in ("batch_seconds", "chunk_seconds", "cpus_per_actor"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("window_rows", "decode_rows", "rows_per_file", "threads_per_actor"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -112,39 +121,96 @@ def pending_inputs(cfg: TranscribeConfig, index: pa.Table | None = None) -> tupl
     return inputs, skipped
 
 
-def node_cores() -> tuple[int, int]:
-    """(cores of the smallest alive node, alive nodes) of the connected Ray cluster. A node advertising
-    more logical CPUs than the machine has (the embedded local cluster oversubscribes on purpose, so
-    decode and commit tasks can always be scheduled) counts its real cores when it is this machine."""
+@dataclass(frozen=True)
+class NodeShape:
+    """The smallest node that can run CPU work in the connected Ray cluster, and how many such nodes there are."""
+
+    cores: int  # real cores: torch threads to share among the actors placed there
+    cpus: float  # Ray's logical CPUs: what actors, decode and commit tasks reserve
+    memory: float  # Ray's memory resource, bytes
+    nodes: int
+
+
+def node_shape() -> NodeShape:
+    """The connected cluster's smallest alive node with CPUs (a head started with num-cpus 0 runs no tasks and is
+    not counted). A node advertising more logical CPUs than the machine has (the embedded local cluster
+    oversubscribes on purpose, so decode and commit tasks can always be scheduled) counts its real cores when it
+    is this machine."""
     import ray
 
-    alive = [n for n in ray.nodes() if n.get("Alive")]
-    cpus = [int(n.get("Resources", {}).get("CPU", 0)) for n in alive] or [os.cpu_count() or 1]
+    alive = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    if not alive:
+        return NodeShape(os.cpu_count() or 1, float(os.cpu_count() or 1), 0.0, 1)
+    smallest = min(alive, key=lambda n: n["Resources"]["CPU"])
+    cpus, memory = float(smallest["Resources"]["CPU"]), float(smallest["Resources"].get("memory", 0.0))
+    cores = int(cpus)
     here = ray.util.get_node_ip_address() if ray.is_initialized() else None
-    local = [int(n["Resources"].get("CPU", 0)) for n in alive if n.get("NodeManagerAddress") == here]
-    smallest = min(cpus)
-    if len(alive) <= 1 and local:
-        smallest = min(smallest, os.cpu_count() or smallest)
-    return max(1, smallest), max(1, len(alive))
+    if len(alive) == 1 and alive[0].get("NodeManagerAddress") == here:
+        cores = min(cores, os.cpu_count() or cores)
+    return NodeShape(max(1, cores), cpus, memory, len(alive))
 
 
-def resolve_resources(cfg: TranscribeConfig, cluster: dict[str, float]) -> tuple[int, float]:
-    """(actors, gpus per actor) from the config and `ray.cluster_resources()`."""
+def cpu_actors_per_node(cfg: TranscribeConfig, shape: NodeShape, checkpoint_bytes: int | None) -> int:
+    """Model actors a CPU node runs: one single-thread actor per core, as far as the node's memory holds a copy
+    of the model for each (checkpoint size + CPU_ACTOR_OVERHEAD_BYTES; unknown size: UNKNOWN_CHECKPOINT_BYTES)
+    and its logical CPUs leave room for a decode task and the commits (the driver schedules them there too).
+
+    Measured on this 2-core box (tests/perf/bench_job.py, the same files): two single-thread processes get
+    through 1,530 audio-s/s of the demo model where one with 2 threads gets 1,310, and RTFx 12.7 against 11.6
+    for Parakeet 0.6B's shape: a small intra-op parallel region pays a barrier and wake-ups per operator.
+    Fewer actors, more threads each, where memory is short."""
+    per_actor = (checkpoint_bytes or UNKNOWN_CHECKPOINT_BYTES) + CPU_ACTOR_OVERHEAD_BYTES
+    by_memory = int(shape.memory // per_actor) if shape.memory > 0 else shape.cores
+    by_cpus = int((shape.cpus - DECODE_CPUS - COMMIT_CPUS) // cfg.cpus_per_actor)
+    return max(1, min(shape.cores, by_memory, by_cpus))
+
+
+def resolve_resources(cfg: TranscribeConfig, cluster: dict[str, float], shape: NodeShape | None = None,
+                      checkpoint_bytes: int | None = None) -> tuple[int, float]:
+    """(actors, gpus per actor) from the config, `ray.cluster_resources()` and, for CPU actors, the nodes'
+    shape (node_shape(); None: one CPU actor) and the checkpoint's size."""
     gpus = cluster.get("GPU", 0.0)
     per_actor = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if gpus > 0 else 0.0)
     if per_actor > gpus:
         raise ValueError(f"--gpus-per-actor {per_actor:g} but the Ray cluster has {gpus:g} GPU(s)")
-    actors = cfg.actors if cfg.actors is not None else (max(1, int(gpus // per_actor)) if per_actor else 1)
-    return actors, per_actor
+    if cfg.actors is not None:
+        return cfg.actors, per_actor
+    if per_actor:
+        return max(1, int(gpus // per_actor)), per_actor
+    if shape is None:
+        return 1, per_actor
+    return shape.nodes * cpu_actors_per_node(cfg, shape, checkpoint_bytes), per_actor
 
 
-def decode_concurrency(cfg: TranscribeConfig, actors: int, gpus_per_actor: float) -> int:
-    """Concurrent decode tasks. A GPU actor eats audio at ~1000-3000x real time and MP3 decodes at
-    ~500x per core, so GPU actors get DECODERS_PER_GPU_ACTOR each; CPU inference is far slower than
-    decoding, so one per CPU actor. Fewer decoders also means fewer worker processes to start."""
+def batch_seconds_for(gpus_per_actor: float, checkpoint_bytes: int | None) -> float:
+    """Padded audio per model call: DEFAULT_BATCH_SECONDS, except CPU_SMALL_MODEL_BATCH_SECONDS for a small
+    model on CPU. Measured on this box, one thread, the same 1,024 sorted clips of ~3 s: the demo model (8 MB)
+    got through them fastest in batches of 32 (~100 s; 1,419 audio-s/s per two processes) and 15 % slower at 256
+    (~800 s): its activations fall out of the cache while its weights stay in it. Parakeet 0.6B's shape (2.4 GB)
+    goes the other way, RTFx 6.3 / 6.5 / 6.8 at 40 / 120 / 480 s, as big batches read the weights fewer times."""
+    if not gpus_per_actor and checkpoint_bytes is not None and checkpoint_bytes < SMALL_MODEL_BYTES:
+        return CPU_SMALL_MODEL_BATCH_SECONDS
+    return DEFAULT_BATCH_SECONDS
+
+
+def worthwhile_actors(inputs: int, duration_s: float | None, window_rows: int) -> int:
+    """The most actors a job of `inputs` (typical duration `duration_s`, None: unknown) keeps busy: one per window
+    of inputs, and one per MIN_AUDIO_PER_ACTOR_S of audio. An actor starts a worker and loads the model (seconds);
+    on a small job the others would only add that, and on 2 cores take it from the actor doing the work."""
+    most = max(1, math.ceil(inputs / max(1, window_rows)))
+    if duration_s:
+        most = min(most, max(1, int(inputs * duration_s // MIN_AUDIO_PER_ACTOR_S)))
+    return most
+
+
+def decode_concurrency(cfg: TranscribeConfig, actors: int, gpus_per_actor: float, nodes: int = 1) -> int:
+    """Concurrent decode tasks. A GPU actor eats audio at ~1000-3000x real time and MP3 decodes at ~500x per
+    core, so GPU actors get DECODERS_PER_GPU_ACTOR each. CPU inference is far slower than decoding (Parakeet 0.6B:
+    RTFx ~6 a core), so a CPU node gets one: on 2 cores with the demo model, 2 actors and 1 decoder finished
+    6,000 clips in 29.0-29.2 s, with 2 decoders in 29.7-30.2 s. Fewer decoders, fewer worker processes to start."""
     if cfg.decode_tasks is not None:
         return cfg.decode_tasks
-    return actors * (DECODERS_PER_GPU_ACTOR if gpus_per_actor > 0 else 1)
+    return actors * DECODERS_PER_GPU_ACTOR if gpus_per_actor > 0 else max(1, min(actors, nodes))
 
 
 def typical_duration(cfg: TranscribeConfig, inputs: pa.Array) -> float | None:
@@ -169,15 +235,18 @@ def typical_duration(cfg: TranscribeConfig, inputs: pa.Array) -> float | None:
 
 
 def size_to_inputs(cfg: TranscribeConfig, duration_s: float | None, actors: int, gpus_per_actor: float,
-                   node_cores: int, nodes: int = 1) -> TranscribeConfig:
+                   node_cores: int, nodes: int = 1, checkpoint_bytes: int | None = None) -> TranscribeConfig:
     """`cfg` with the automatic sizes filled in (given values are kept):
-    - window_rows: WINDOW_BATCHES x batch_seconds of audio per actor call, so short clips fill GPU batches and
-      long files stay few (memory: about WINDOW_BATCHES x batch_seconds of audio per actor);
+    - window_rows: WINDOW_BATCHES x batch_seconds (at least DEFAULT_BATCH_SECONDS) of audio per actor call, so
+      short clips fill GPU batches and long files stay few (memory: about that much audio per actor);
     - decode_rows: about DECODE_TASK_SECONDS of audio per decode task (one input when files are long);
-    - threads_per_actor (CPU actors): the node's cores shared by the actors placed on it."""
+    - threads_per_actor (CPU actors): the node's cores shared by the actors placed on it;
+    - decode_tasks: decode_concurrency;
+    - batch_seconds: batch_seconds_for (`checkpoint_bytes`: the model's stored size, None: unknown)."""
     changes = {}
     if cfg.window_rows is None:
-        rows = DEFAULT_WINDOW_ROWS if not duration_s else round(WINDOW_BATCHES * cfg.batch_seconds / duration_s)
+        window_s = WINDOW_BATCHES * max(cfg.batch_seconds or DEFAULT_BATCH_SECONDS, DEFAULT_BATCH_SECONDS)
+        rows = DEFAULT_WINDOW_ROWS if not duration_s else round(window_s / duration_s)
         changes["window_rows"] = max(1, min(MAX_WINDOW_ROWS, rows))
     if cfg.decode_rows is None:
         rows = DEFAULT_DECODE_ROWS if not duration_s else round(DECODE_TASK_SECONDS / duration_s)
@@ -185,6 +254,10 @@ def size_to_inputs(cfg: TranscribeConfig, duration_s: float | None, actors: int,
     if cfg.threads_per_actor is None:
         per_node = max(1, -(-actors // max(1, nodes)))  # ceil
         changes["threads_per_actor"] = 1 if gpus_per_actor else max(1, node_cores // per_node)
+    if cfg.decode_tasks is None:
+        changes["decode_tasks"] = decode_concurrency(cfg, actors, gpus_per_actor, nodes)
+    if cfg.batch_seconds is None:
+        changes["batch_seconds"] = batch_seconds_for(gpus_per_actor, checkpoint_bytes)
     return dataclasses.replace(cfg, **changes)
 
 
@@ -192,7 +265,7 @@ def describe_plan(cfg: TranscribeConfig, actors: int, gpus_per_actor: float) -> 
     """One line: how the job will use the cluster."""
     device = f"{gpus_per_actor:g} GPU" if gpus_per_actor else f"{cfg.threads_per_actor or 1} CPU thread(s)"
     return (f"plan: {actors} model actor(s) x {device}, {decode_concurrency(cfg, actors, gpus_per_actor)} decode task(s), "
-            f"batches of <= {cfg.batch_seconds:g} s padded audio, {cfg.window_rows} inputs per actor call, "
+            f"batches of <= {cfg.batch_seconds or DEFAULT_BATCH_SECONDS:g} s padded audio, {cfg.window_rows} inputs per actor call, "
             f"chunks of <= {cfg.chunk_seconds:g} s")
 
 
@@ -227,7 +300,7 @@ def transcribed(cfg: TranscribeConfig, ds, actors: int, gpus_per_actor: float, t
         transcriber,
         fn_constructor_kwargs=dict(
             model_uri=_absolute(cfg.model_uri), model_label=cfg.model_uri, device=cfg.device, precision=cfg.precision,
-            batch_seconds=cfg.batch_seconds, chunk_seconds=cfg.chunk_seconds, decoding=cfg.decoding,
+            batch_seconds=cfg.batch_seconds or DEFAULT_BATCH_SECONDS, chunk_seconds=cfg.chunk_seconds, decoding=cfg.decoding,
             confidence=cfg.confidence,
             num_threads=cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor)),
         ),
@@ -281,14 +354,22 @@ def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Tra
     totals = {"files": 0, "errors": 0, "audio_s": 0.0, "committed_files": 0}
     progress = Progress(len(plan.inputs), enabled=cfg.progress)
     if len(plan.inputs):
-        actors, gpus_per_actor = resolve_resources(cfg, ray.cluster_resources())
-        cores, nodes = node_cores()
-        cfg = size_to_inputs(cfg, typical_duration(cfg, plan.inputs), actors, gpus_per_actor, cores, nodes)
+        cluster, shape = ray.cluster_resources(), node_shape()
+        on_cpu = not (cfg.gpus_per_actor or (cfg.gpus_per_actor is None and cluster.get("GPU", 0) > 0))
+        size = checkpoint_bytes(cfg.model_uri) if on_cpu and (cfg.actors is None or cfg.batch_seconds is None) else None
+        actors, gpus_per_actor = resolve_resources(cfg, cluster, shape, size)
+        duration = typical_duration(cfg, plan.inputs)
+        sized = size_to_inputs(cfg, duration, actors, gpus_per_actor, shape.cores, shape.nodes, size)
+        useful = worthwhile_actors(len(plan.inputs), duration, sized.window_rows)
+        if cfg.actors is None and actors > useful:
+            actors = useful
+            sized = size_to_inputs(cfg, duration, actors, gpus_per_actor, shape.cores, shape.nodes, size)
+        cfg = sized
         if cfg.progress:
             print(describe_plan(cfg, actors, gpus_per_actor), file=sys.stderr, flush=True)
         ds = build_dataset(cfg, plan.inputs, actors, gpus_per_actor, transcriber).map_batches(
             commit_batch, batch_size=cfg.rows_per_file, batch_format="pyarrow",
-            fn_kwargs={"output_uri": cfg.output_uri, "storage_options": cfg.storage_options or None}, num_cpus=0.25,
+            fn_kwargs={"output_uri": cfg.output_uri, "storage_options": cfg.storage_options or None}, num_cpus=COMMIT_CPUS,
         )
         for stats in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in stats.to_pylist():

@@ -41,6 +41,22 @@ def test_load_from_s3(tiny, tmp_path, s3_bucket):
     _same_outputs(tiny, loaded)
 
 
+def test_checkpoint_bytes_tells_the_size_without_loading(tiny, tmp_path, s3_bucket, monkeypatch):
+    from model.checkpoint import checkpoint_bytes
+
+    model.save(tiny, tmp_path / "m")
+    folder = sum(p.stat().st_size for p in (tmp_path / "m").iterdir())
+    weights = (tmp_path / "m" / "model.safetensors").stat().st_size
+    assert checkpoint_bytes(tmp_path / "m") == folder > weights
+    assert checkpoint_bytes(f"file://{tmp_path / 'm'}") == folder
+    assert checkpoint_bytes(tmp_path / "m" / "model.safetensors") == weights
+    model.save(tiny, f"s3://{s3_bucket}/models/sized")
+    assert checkpoint_bytes(f"s3://{s3_bucket}/models/sized") == folder
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing reachable: no size, no error
+    for unknown in (tmp_path / "missing", f"s3://{s3_bucket}/models/missing", "someone/no-such-model"):
+        assert checkpoint_bytes(unknown) is None
+
+
 def test_load_dtype(tiny, tmp_path):
     model.save(tiny, tmp_path / "m")
     m16 = model.load(tmp_path / "m", dtype=torch.bfloat16)

@@ -1,10 +1,12 @@
-"""The job sizes itself from the machine and the inputs (pipeline.job.size_to_inputs / node_cores)."""
+"""The job sizes itself from the machine and the inputs (pipeline.job.size_to_inputs / node_shape / resolve_resources)."""
 import os
 
 import pyarrow as pa
 
-from pipeline.job import (MAX_WINDOW_ROWS, WINDOW_BATCHES, TranscribeConfig, describe_plan, node_cores, size_to_inputs,
-                          typical_duration)
+from pipeline.batching import DEFAULT_BATCH_SECONDS
+from pipeline.job import (CPU_ACTOR_OVERHEAD_BYTES, CPU_SMALL_MODEL_BATCH_SECONDS, MAX_WINDOW_ROWS, UNKNOWN_CHECKPOINT_BYTES, WINDOW_BATCHES,
+                          MIN_AUDIO_PER_ACTOR_S, NodeShape, TranscribeConfig, cpu_actors_per_node, decode_concurrency, describe_plan, node_shape,
+                          resolve_resources, size_to_inputs, typical_duration, worthwhile_actors)
 from tests.pipeline.conftest import AUDIO, CLIPS
 
 CFG = TranscribeConfig("in", "out", "m", batch_seconds=600)
@@ -19,19 +21,61 @@ def test_the_window_fills_batch_seconds_with_short_clips_and_shrinks_with_long_o
     assert hour.window_rows == 1 and hour.decode_rows == 1  # memory stays bounded: one hour-long file at a time
     assert short.decode_rows > medium.decode_rows > hour.decode_rows
     assert size_to_inputs(CFG, None, 1, 1.0, 16).window_rows == 32  # no header says: the fixed fallback
-    fixed = TranscribeConfig("in", "out", "m", window_rows=7, decode_rows=3, threads_per_actor=5)
+    fixed = TranscribeConfig("in", "out", "m", window_rows=7, decode_rows=3, threads_per_actor=5, decode_tasks=2,
+                             batch_seconds=50)
     assert size_to_inputs(fixed, 2.0, 1, 0.0, 16) == fixed  # given values are kept
 
 
 def test_the_default_plan_uses_every_cpu_of_the_local_node(ray_cluster):
-    cores, nodes = node_cores()
-    assert nodes == 1 and cores == min(4, os.cpu_count())  # the test cluster advertises 4 logical CPUs
-    cfg = size_to_inputs(TranscribeConfig("in", "out", "m"), 3.0, 1, 0.0, cores, nodes)
-    assert cfg.threads_per_actor == cores  # one CPU actor: all the node's cores
-    two = size_to_inputs(TranscribeConfig("in", "out", "m"), 3.0, 2, 0.0, cores, nodes)
-    assert two.threads_per_actor * 2 <= max(2, cores)  # two actors share them
-    assert "CPU thread(s)" in describe_plan(cfg, 1, 0.0) and f"{cfg.window_rows} inputs per actor call" in describe_plan(cfg, 1, 0.0)
-    assert size_to_inputs(TranscribeConfig("in", "out", "m"), 3.0, 2, 1.0, cores, nodes).threads_per_actor == 1  # GPU actors
+    shape = node_shape()
+    assert shape.nodes == 1 and shape.cores == min(4, os.cpu_count()) and shape.cpus == 4  # the test cluster: 4 logical
+    default = TranscribeConfig("in", "out", "m")
+    actors, gpus = resolve_resources(default, {"CPU": 4.0}, shape, 8 * 1024**2)  # a small checkpoint
+    cfg = size_to_inputs(default, 3.0, actors, gpus, shape.cores, shape.nodes)
+    # single-thread actors up to the cores, leaving logical CPUs for a decode task and the commits (4 - 1.25)
+    assert actors == min(shape.cores, 2) and gpus == 0.0
+    assert actors * cfg.threads_per_actor <= shape.cores < actors * (cfg.threads_per_actor + 1)  # every core used
+    assert cfg.decode_tasks == 1  # one decoder for the node's CPU actors
+    line = describe_plan(cfg, actors, gpus)
+    assert f"{actors} model actor(s) x {cfg.threads_per_actor} CPU thread(s), 1 decode task(s)" in line
+    assert f"{cfg.window_rows} inputs per actor call" in line
+    assert size_to_inputs(default, 3.0, 2, 1.0, shape.cores, shape.nodes).threads_per_actor == 1  # GPU actors
+    assert resolve_resources(default, {"CPU": 4.0, "GPU": 2.0}, shape) == (2, 1.0)  # one per GPU, whatever the cores
+
+
+def test_cpu_actors_are_one_per_core_as_far_as_memory_and_cpus_allow():
+    cfg, GiB = TranscribeConfig("in", "out", "m"), 1024**3
+    big = NodeShape(cores=16, cpus=16.0, memory=64 * GiB, nodes=3)
+    assert cpu_actors_per_node(cfg, big, 8 * 1024**2) == 14  # 16 CPUs - a decode task - commits
+    per_06b = 2.5 * GiB + CPU_ACTOR_OVERHEAD_BYTES
+    assert cpu_actors_per_node(cfg, big, int(2.5 * GiB)) == min(14, int(64 * GiB // per_06b))  # memory: 16 copies do not fit
+    assert cpu_actors_per_node(cfg, big, None) == int(64 * GiB // (UNKNOWN_CHECKPOINT_BYTES + CPU_ACTOR_OVERHEAD_BYTES))
+    assert cpu_actors_per_node(cfg, NodeShape(16, 16.0, 1 * GiB, 1), 8 * 1024**2) == 1  # never none
+    assert cpu_actors_per_node(TranscribeConfig("in", "out", "m", cpus_per_actor=4), big, 0) == 3  # (16 - 1.25) // 4
+    actors, _ = resolve_resources(cfg, {"CPU": 48.0}, big, 8 * 1024**2)
+    assert actors == 3 * 14  # every CPU node
+    sized = size_to_inputs(cfg, 3.0, actors, 0.0, big.cores, big.nodes)
+    assert sized.threads_per_actor == 1 and sized.decode_tasks == 3  # a decoder a node
+    few = size_to_inputs(cfg, 3.0, 3 * 5, 0.0, big.cores, big.nodes)
+    assert few.threads_per_actor == 3  # memory-bound actors share the node's cores
+    assert resolve_resources(TranscribeConfig("in", "out", "m", actors=5), {"CPU": 48.0}, big) == (5, 0.0)  # --actors
+    assert decode_concurrency(TranscribeConfig("in", "out", "m", decode_tasks=7), 2, 0.0) == 7
+    # a small job keeps one actor: not another model load for a window or a few minutes of audio
+    assert worthwhile_actors(9, 3.0, 1) == 1 and worthwhile_actors(3000, 3.0, 1024) == 3
+    assert worthwhile_actors(100_000, 3.0, 1024) == 98 and worthwhile_actors(100_000, 0.05, 1024) == int(5_000 // MIN_AUDIO_PER_ACTOR_S)
+    assert worthwhile_actors(40, None, 8) == 5  # durations unknown: a window each
+    assert decode_concurrency(cfg, 2, 1.0) == 8  # GPU actors: DECODERS_PER_GPU_ACTOR each
+
+
+def test_batches_are_short_for_a_small_model_on_cpu_only():
+    default = TranscribeConfig("in", "out", "m")
+    small, large = 8 * 1024**2, int(2.4 * 1024**3)
+    assert size_to_inputs(default, 3.0, 2, 0.0, 2, 1, small).batch_seconds == CPU_SMALL_MODEL_BATCH_SECONDS
+    for gpus, size in ((0.0, large), (0.0, None), (1.0, small)):
+        assert size_to_inputs(default, 3.0, 2, gpus, 2, 1, size).batch_seconds == DEFAULT_BATCH_SECONDS
+    # the window is sorted over GPU-sized batches of audio either way
+    assert size_to_inputs(default, 6.0, 2, 0.0, 2, 1, small).window_rows == WINDOW_BATCHES * DEFAULT_BATCH_SECONDS // 6
+    assert size_to_inputs(TranscribeConfig("in", "out", "m", batch_seconds=30), 3.0, 1, 0.0, 2, 1, small).batch_seconds == 30
 
 
 def test_typical_duration_reads_headers_only():
