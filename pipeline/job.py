@@ -203,6 +203,24 @@ def worthwhile_actors(inputs: int, duration_s: float | None, window_rows: int) -
     return most
 
 
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of `n` that is at most `at_most` (1 at least)."""
+    return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
+
+
+def balanced_window(inputs: int, window_rows: int, decode_rows: int, actors: int) -> int:
+    """`window_rows` (a multiple of `decode_rows`) lowered, by whole decode tasks, as little as it takes for the
+    job's windows to be a multiple of `actors`, so no actor is left with one more window than the others while
+    they idle (3,000 inputs in 512-row decode tasks on 2 actors: six windows of 512, not three of 1,024 with one
+    actor taking the third alone). Unchanged where that would take windows under half the size."""
+    tasks = math.ceil(inputs / decode_rows)
+    per_window = window_rows // decode_rows
+    for m in range(per_window, max(1, per_window // 2) - 1, -1):  # windows at most halved
+        if math.ceil(tasks / m) % actors == 0:
+            return m * decode_rows
+    return window_rows
+
+
 def decode_concurrency(cfg: TranscribeConfig, actors: int, gpus_per_actor: float, nodes: int = 1) -> int:
     """Concurrent decode tasks. A GPU actor eats audio at ~1000-3000x real time and MP3 decodes at ~500x per
     core, so GPU actors get DECODERS_PER_GPU_ACTOR each. CPU inference is far slower than decoding (Parakeet 0.6B:
@@ -244,13 +262,23 @@ def size_to_inputs(cfg: TranscribeConfig, duration_s: float | None, actors: int,
     - decode_tasks: decode_concurrency;
     - batch_seconds: batch_seconds_for (`checkpoint_bytes`: the model's stored size, None: unknown)."""
     changes = {}
+    # Each stage's batches are whole blocks of the one before (listing block | decode task | window): Ray Data
+    # cuts a task's bundle into batch_size pieces, so a window of 750 over 512-row decode blocks became calls of
+    # 750, 274, 750, 202 rows instead of 750s.
+    decode_rows = cfg.decode_rows
+    if decode_rows is None:
+        rows = DEFAULT_DECODE_ROWS if not duration_s else round(DECODE_TASK_SECONDS / duration_s)
+        rows = max(1, min(MAX_DECODE_ROWS, rows))
+        if cfg.window_rows is not None:
+            decode_rows = largest_divisor(cfg.window_rows, rows)
+        else:  # whole listing blocks (MAX_BLOCK_ROWS) where a task holds several
+            decode_rows = rows // MAX_BLOCK_ROWS * MAX_BLOCK_ROWS if rows >= MAX_BLOCK_ROWS else rows
+        changes["decode_rows"] = decode_rows
     if cfg.window_rows is None:
         window_s = WINDOW_BATCHES * max(cfg.batch_seconds or DEFAULT_BATCH_SECONDS, DEFAULT_BATCH_SECONDS)
         rows = DEFAULT_WINDOW_ROWS if not duration_s else round(window_s / duration_s)
-        changes["window_rows"] = max(1, min(MAX_WINDOW_ROWS, rows))
-    if cfg.decode_rows is None:
-        rows = DEFAULT_DECODE_ROWS if not duration_s else round(DECODE_TASK_SECONDS / duration_s)
-        changes["decode_rows"] = max(1, min(MAX_DECODE_ROWS, rows))
+        rows = max(1, min(MAX_WINDOW_ROWS, rows))
+        changes["window_rows"] = decode_rows * max(1, rows // decode_rows)  # whole decode tasks
     if cfg.threads_per_actor is None:
         per_node = max(1, -(-actors // max(1, nodes)))  # ceil
         changes["threads_per_actor"] = 1 if gpus_per_actor else max(1, node_cores // per_node)
@@ -280,10 +308,12 @@ def decoded(cfg: TranscribeConfig, inputs: pa.Array, decoders: int | None = None
     """CPU tasks: audio URIs -> decoded 16 kHz waveforms (or error rows)."""
     import ray
 
-    block_rows = max(1, min(MAX_BLOCK_ROWS, math.ceil(len(inputs) / 64)))
+    decode_rows = cfg.decode_rows or DEFAULT_DECODE_ROWS
+    # whole blocks per decode task (see size_to_inputs)
+    block_rows = largest_divisor(decode_rows, max(1, min(MAX_BLOCK_ROWS, math.ceil(len(inputs) / 64))))
     blocks = [pa.table({"audio_uri": inputs[i : i + block_rows]}) for i in range(0, len(inputs), block_rows)]
     return ray.data.from_arrow(blocks).map_batches(
-        decode_batch, batch_size=cfg.decode_rows or DEFAULT_DECODE_ROWS, batch_format="numpy",
+        decode_batch, batch_size=decode_rows, batch_format="numpy",
         fn_kwargs={"storage_options": cfg.storage_options or None}, num_cpus=DECODE_CPUS,
         compute=ray.data.TaskPoolStrategy(size=decoders),
         # Reserving memory for decoded audio also keeps Ray Data from fusing decoding into the model
@@ -364,6 +394,9 @@ def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Tra
         if cfg.actors is None and actors > useful:
             actors = useful
             sized = size_to_inputs(cfg, duration, actors, gpus_per_actor, shape.cores, shape.nodes, size)
+        if cfg.window_rows is None:
+            window = balanced_window(len(plan.inputs), sized.window_rows, sized.decode_rows, actors)
+            sized = dataclasses.replace(sized, window_rows=window)
         cfg = sized
         if cfg.progress:
             print(describe_plan(cfg, actors, gpus_per_actor), file=sys.stderr, flush=True)

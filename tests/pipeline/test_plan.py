@@ -6,7 +6,8 @@ import pyarrow as pa
 from pipeline.batching import DEFAULT_BATCH_SECONDS
 from pipeline.job import (CPU_ACTOR_OVERHEAD_BYTES, CPU_SMALL_MODEL_BATCH_SECONDS, MAX_WINDOW_ROWS, UNKNOWN_CHECKPOINT_BYTES, WINDOW_BATCHES,
                           MIN_AUDIO_PER_ACTOR_S, NodeShape, TranscribeConfig, cpu_actors_per_node, decode_concurrency, describe_plan, node_shape,
-                          resolve_resources, size_to_inputs, typical_duration, worthwhile_actors)
+                          resolve_resources, size_to_inputs, typical_duration, worthwhile_actors, balanced_window,
+                          largest_divisor, MAX_BLOCK_ROWS)
 from tests.pipeline.conftest import AUDIO, CLIPS
 
 CFG = TranscribeConfig("in", "out", "m", batch_seconds=600)
@@ -17,7 +18,8 @@ def test_the_window_fills_batch_seconds_with_short_clips_and_shrinks_with_long_o
     medium = size_to_inputs(CFG, 15.0, 1, 1.0, 16)
     hour = size_to_inputs(CFG, 3600.0, 1, 1.0, 16)
     assert short.window_rows == min(MAX_WINDOW_ROWS, WINDOW_BATCHES * 600 // 2)
-    assert medium.window_rows == WINDOW_BATCHES * 600 // 15 and medium.window_rows * 15 >= 600  # GPU batches fill
+    w0 = WINDOW_BATCHES * 600 // 15  # whole decode tasks of it (test_each_stage_takes_whole_blocks_of_the_one_before)
+    assert w0 - medium.decode_rows < medium.window_rows <= w0 and medium.window_rows * 15 >= 600  # GPU batches fill
     assert hour.window_rows == 1 and hour.decode_rows == 1  # memory stays bounded: one hour-long file at a time
     assert short.decode_rows > medium.decode_rows > hour.decode_rows
     assert size_to_inputs(CFG, None, 1, 1.0, 16).window_rows == 32  # no header says: the fixed fallback
@@ -67,6 +69,26 @@ def test_cpu_actors_are_one_per_core_as_far_as_memory_and_cpus_allow():
     assert decode_concurrency(cfg, 2, 1.0) == 8  # GPU actors: DECODERS_PER_GPU_ACTOR each
 
 
+def test_windows_are_shared_evenly_by_the_actors():
+    assert balanced_window(3000, 1024, 512, 2) == 512  # 6 windows, 3 each: not 3 with one actor taking the last alone
+    assert balanced_window(12288, 1024, 512, 2) == 1024 and balanced_window(100, 1024, 512, 1) == 1024
+    assert balanced_window(3 * 1024, 1024, 256, 2) == 768  # 16 tasks -> 4 windows of 3 tasks... not 3 of 4
+    assert balanced_window(5000, 1024, 128, 3) == 896 and balanced_window(5, 1, 1, 2) == 1
+    for inputs, window, decode, actors in ((3000, 1024, 512, 3), (10_001, 512, 64, 4), (7, 2, 1, 2), (1, 8, 8, 3)):
+        rows = balanced_window(inputs, window, decode, actors)
+        assert rows % decode == 0 and window // 2 <= rows <= window
+
+
+def test_each_stage_takes_whole_blocks_of_the_one_before():
+    for d in (0.5, 2.0, 3.0, 7.0, 15.0, 42.0, 600.0, 3600.0, None):
+        cfg = size_to_inputs(CFG, d, 2, 0.0, 2, 1)
+        assert cfg.window_rows % cfg.decode_rows == 0, d
+        assert cfg.decode_rows % MAX_BLOCK_ROWS == 0 or cfg.decode_rows < MAX_BLOCK_ROWS, d
+    given = size_to_inputs(TranscribeConfig("in", "out", "m", window_rows=700), 3.0, 1, 0.0, 2, 1)
+    assert given.window_rows == 700 and 700 % given.decode_rows == 0 and given.decode_rows <= 512
+    assert largest_divisor(700, 512) == 350 and largest_divisor(229, 32) == 1 and largest_divisor(5, 0) == 1
+
+
 def test_batches_are_short_for_a_small_model_on_cpu_only():
     default = TranscribeConfig("in", "out", "m")
     small, large = 8 * 1024**2, int(2.4 * 1024**3)
@@ -74,7 +96,8 @@ def test_batches_are_short_for_a_small_model_on_cpu_only():
     for gpus, size in ((0.0, large), (0.0, None), (1.0, small)):
         assert size_to_inputs(default, 3.0, 2, gpus, 2, 1, size).batch_seconds == DEFAULT_BATCH_SECONDS
     # the window is sorted over GPU-sized batches of audio either way
-    assert size_to_inputs(default, 6.0, 2, 0.0, 2, 1, small).window_rows == WINDOW_BATCHES * DEFAULT_BATCH_SECONDS // 6
+    wide = size_to_inputs(default, 6.0, 2, 0.0, 2, 1, small)
+    assert WINDOW_BATCHES * DEFAULT_BATCH_SECONDS // 6 - wide.decode_rows < wide.window_rows <= WINDOW_BATCHES * DEFAULT_BATCH_SECONDS // 6
     assert size_to_inputs(TranscribeConfig("in", "out", "m", batch_seconds=30), 3.0, 1, 0.0, 2, 1, small).batch_seconds == 30
 
 
