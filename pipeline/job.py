@@ -293,7 +293,7 @@ def describe_plan(cfg: TranscribeConfig, actors: int, gpus_per_actor: float) -> 
     """One line: how the job will use the cluster."""
     device = f"{gpus_per_actor:g} GPU" if gpus_per_actor else f"{cfg.threads_per_actor or 1} CPU thread(s)"
     return (f"plan: {actors} model actor(s) x {device}, {decode_concurrency(cfg, actors, gpus_per_actor)} decode task(s), "
-            f"batches of <= {cfg.batch_seconds or DEFAULT_BATCH_SECONDS:g} s padded audio, {cfg.window_rows} inputs per actor call, "
+            f"batches of <= {cfg.batch_seconds or DEFAULT_BATCH_SECONDS:g} s padded audio, up to {cfg.window_rows} inputs per actor call, "
             f"chunks of <= {cfg.chunk_seconds:g} s")
 
 
