@@ -129,13 +129,9 @@ def checkpoint_bytes(source: str | os.PathLike) -> int | None:
 
             fs, root = fsspec.core.url_to_fs(source)
             return int(fs.du(root, total=True)) or None
-        path = Path(source.removeprefix("file://"))
-        if path.is_file():
-            return path.stat().st_size
-        if path.is_dir():
-            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        if not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
-            return None
+        path = _local_path(source)  # load()'s own rule: an existing path, or a hub id (None); else it raises
+        if path is not None:
+            return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         from huggingface_hub import HfApi, scan_cache_dir
 
         try:
@@ -146,7 +142,7 @@ def checkpoint_bytes(source: str | os.PathLike) -> int | None:
             return max(r.size_on_disk for r in cached[0].revisions)
         info = HfApi().model_info(source, files_metadata=True, timeout=10)
         return sum(f.size or 0 for f in info.siblings or []) or None
-    except Exception:  # planning goes on with a default size; load() names the real problem
+    except Exception:  # no such path, no network: planning goes on with a default size; load() names the problem
         return None
 
 

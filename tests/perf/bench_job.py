@@ -63,30 +63,33 @@ def model_best(model_uri: str, paths: list[str], batches: list[int]) -> dict:
     cores = os.cpu_count() or 1
     layouts = [(1, cores)] + ([(cores, 1)] if cores > 1 else [])
     tried = []
-    for procs, threads in layouts:
-        listing = Path(tempfile.mkstemp(suffix=".json")[1])
-        listing.write_text(json.dumps(paths))
-        children = [subprocess.Popen([sys.executable, __file__, "--bare", str(listing), "--model", model_uri,
-                                      "--batches", ",".join(map(str, batches)), "--shard", f"{r}/{procs}",
-                                      "--threads", str(threads)],
-                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                    for r in range(procs)]
-        try:
-            audio = [json.loads(c.stdout.readline())["audio_s"] for c in children]  # each is loaded and warm
-            for batch in batches:
+    listing = Path(tempfile.mkstemp(suffix=".json")[1])
+    listing.write_text(json.dumps(paths))
+    try:
+        for procs, threads in layouts:
+            children = [subprocess.Popen([sys.executable, __file__, "--bare", str(listing), "--model", model_uri,
+                                          "--batches", ",".join(map(str, batches)), "--shard", f"{r}/{procs}",
+                                          "--threads", str(threads)],
+                                         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                        for r in range(procs)]
+            try:
+                audio = [json.loads(c.stdout.readline())["audio_s"] for c in children]  # each is loaded and warm
+                for batch in batches:
+                    for c in children:
+                        c.stdin.write(f"{batch}\n")
+                        c.stdin.flush()
+                    took = max(json.loads(c.stdout.readline())["seconds"] for c in children)
+                    tried.append({"audio_s": sum(audio), "seconds": took, "batch": batch, "processes": procs, "threads": threads})
                 for c in children:
-                    c.stdin.write(f"{batch}\n")
-                    c.stdin.flush()
-                took = max(json.loads(c.stdout.readline())["seconds"] for c in children)
-                tried.append({"audio_s": sum(audio), "seconds": took, "batch": batch, "processes": procs, "threads": threads})
-            for c in children:
-                c.stdin.close()
-                if c.wait() != 0:
-                    raise SystemExit(f"model-best child failed (exit {c.returncode})")
-        finally:
-            for c in children:
-                c.kill() if c.poll() is None else None
-            listing.unlink()
+                    c.stdin.close()
+                    if c.wait() != 0:
+                        raise SystemExit(f"model-best child failed (exit {c.returncode})")
+            finally:
+                for c in children:
+                    if c.poll() is None:
+                        c.kill()
+    finally:
+        listing.unlink()
     best = min(tried, key=lambda r: r["seconds"])
     return {**best, "all": tried}
 
