@@ -27,7 +27,7 @@ from .sink import DEFAULT_ROWS_PER_FILE, SUMMARY_FILE, check_writable, commit_ba
 from .sources import DEFAULT_EXTENSIONS, filesystem, list_inputs
 from .transcriber import PRECISIONS, Transcriber
 
-DECODE_CPUS = 1.0  # per decode task
+DECODE_CPUS = 1.0  # per decode task (where decoding runs in tasks of its own: GPU actors, multi-thread CPU actors)
 COMMIT_CPUS = 0.25  # per commit task
 # What a CPU actor needs besides its copy of the weights (the worker, torch, a window of audio, one batch's
 # activations), and the weights assumed when the checkpoint's size cannot be read (parakeet-tdt-1.1b in fp32).
@@ -73,7 +73,7 @@ class TranscribeConfig:
     window_rows: int | None = None  # inputs per actor call (sorted, batched inside); None: WINDOW_BATCHES batches' worth
     decode_rows: int | None = None  # inputs per decode task; None: about DECODE_TASK_SECONDS of audio
     rows_per_file: int = DEFAULT_ROWS_PER_FILE  # rows per committed Parquet file
-    decode_tasks: int | None = None  # concurrent decode tasks; default: see decode_concurrency()
+    decode_tasks: int | None = None  # concurrent decode tasks, 0: decode inside the model actors; default: decode_concurrency()
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     limit: int | None = None  # transcribe at most this many new inputs this run
     retry_errors: bool = False  # transcribe again the inputs whose rows are retryable errors (read, oom)
@@ -91,8 +91,8 @@ class TranscribeConfig:
         for name in ("window_rows", "decode_rows", "rows_per_file", "threads_per_actor"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.decode_tasks is not None and self.decode_tasks < 1:
-            raise ValueError(f"decode_tasks must be >= 1, got {self.decode_tasks}")
+        if self.decode_tasks is not None and self.decode_tasks < 0:
+            raise ValueError(f"decode_tasks must be >= 0 (0: decode inside the model actors), got {self.decode_tasks}")
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors must be >= 1, got {self.actors}")
         if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
@@ -153,7 +153,8 @@ def node_shape() -> NodeShape:
 def cpu_actors_per_node(cfg: TranscribeConfig, shape: NodeShape, checkpoint_bytes: int | None) -> int:
     """Model actors a CPU node runs: one single-thread actor per core, as far as the node's memory holds a copy
     of the model for each (checkpoint size + CPU_ACTOR_OVERHEAD_BYTES; unknown size: UNKNOWN_CHECKPOINT_BYTES)
-    and its logical CPUs leave room for a decode task and the commits (the driver schedules them there too).
+    and its logical CPUs leave room for the commits (single-thread actors decode their own inputs:
+    decode_concurrency).
 
     Measured on this 2-core box (tests/perf/bench_job.py, the same files): two single-thread processes get
     through 1,530 audio-s/s of the demo model where one with 2 threads gets 1,310, and RTFx 12.7 against 11.6
@@ -161,7 +162,7 @@ def cpu_actors_per_node(cfg: TranscribeConfig, shape: NodeShape, checkpoint_byte
     Fewer actors, more threads each, where memory is short."""
     per_actor = (checkpoint_bytes or UNKNOWN_CHECKPOINT_BYTES) + CPU_ACTOR_OVERHEAD_BYTES
     by_memory = int(shape.memory // per_actor) if shape.memory > 0 else shape.cores
-    by_cpus = int((shape.cpus - DECODE_CPUS - COMMIT_CPUS) // cfg.cpus_per_actor)
+    by_cpus = int((shape.cpus - COMMIT_CPUS) // cfg.cpus_per_actor)
     return max(1, min(shape.cores, by_memory, by_cpus))
 
 
@@ -222,13 +223,25 @@ def balanced_window(inputs: int, window_rows: int, decode_rows: int, actors: int
 
 
 def decode_concurrency(cfg: TranscribeConfig, actors: int, gpus_per_actor: float, nodes: int = 1) -> int:
-    """Concurrent decode tasks. A GPU actor eats audio at ~1000-3000x real time and MP3 decodes at ~500x per
-    core, so GPU actors get DECODERS_PER_GPU_ACTOR each. CPU inference is far slower than decoding (Parakeet 0.6B:
-    RTFx ~6 a core), so a CPU node gets one: on 2 cores with the demo model, 2 actors and 1 decoder finished
-    6,000 clips in 29.0-29.2 s, with 2 decoders in 29.7-30.2 s. Fewer decoders, fewer worker processes to start."""
+    """Concurrent decode tasks; 0: each model actor decodes its own inputs, in the same process.
+
+    - GPU actors: DECODERS_PER_GPU_ACTOR tasks each. A GPU eats audio at ~1000-3000x real time and MP3 decodes at
+      ~500x per core, so decoding must run beside the model, on the node's other cores.
+    - Single-thread CPU actors (one per core, the default where memory allows): 0. Ray Data then fuses decoding
+      into the actors (one operator, `MapBatches(decode_batch)->MapBatches(Transcriber)`), so the waveforms never
+      go through the object store and no decode worker runs. Every core already runs an actor, so a separate
+      decoder only takes its core time from them, and its Ray side cost as much CPU as the decoding itself
+      (serialising ~100 MB a task into the object store, the actor mapping it back, a worker process and its
+      scheduling). On 2 cores with the demo model, 12,000 clips took 40.7 s instead of 43.5-46.4 s.
+    - Multi-thread CPU actors (memory allows fewer actors than cores): one task per node. Decoding inside such an
+      actor would leave all but one of its threads idle meanwhile."""
     if cfg.decode_tasks is not None:
         return cfg.decode_tasks
-    return actors * DECODERS_PER_GPU_ACTOR if gpus_per_actor > 0 else max(1, min(actors, nodes))
+    if gpus_per_actor > 0:
+        return actors * DECODERS_PER_GPU_ACTOR
+    if (cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor))) <= 1:
+        return 0
+    return max(1, min(actors, nodes))
 
 
 def typical_duration(cfg: TranscribeConfig, inputs: pa.Array) -> float | None:
@@ -283,7 +296,9 @@ def size_to_inputs(cfg: TranscribeConfig, duration_s: float | None, actors: int,
         per_node = max(1, -(-actors // max(1, nodes)))  # ceil
         changes["threads_per_actor"] = 1 if gpus_per_actor else max(1, node_cores // per_node)
     if cfg.decode_tasks is None:
-        changes["decode_tasks"] = decode_concurrency(cfg, actors, gpus_per_actor, nodes)
+        threads = changes.get("threads_per_actor", cfg.threads_per_actor)
+        changes["decode_tasks"] = decode_concurrency(dataclasses.replace(cfg, threads_per_actor=threads), actors,
+                                                     gpus_per_actor, nodes)
     if cfg.batch_seconds is None:
         changes["batch_seconds"] = batch_seconds_for(gpus_per_actor, checkpoint_bytes)
     return dataclasses.replace(cfg, **changes)
@@ -292,7 +307,9 @@ def size_to_inputs(cfg: TranscribeConfig, duration_s: float | None, actors: int,
 def describe_plan(cfg: TranscribeConfig, actors: int, gpus_per_actor: float) -> str:
     """One line: how the job will use the cluster."""
     device = f"{gpus_per_actor:g} GPU" if gpus_per_actor else f"{cfg.threads_per_actor or 1} CPU thread(s)"
-    return (f"plan: {actors} model actor(s) x {device}, {decode_concurrency(cfg, actors, gpus_per_actor)} decode task(s), "
+    decoders = decode_concurrency(cfg, actors, gpus_per_actor)
+    decoding = f"{decoders} decode task(s)" if decoders else "decoding inside the model actors"
+    return (f"plan: {actors} model actor(s) x {device}, {decoding}, "
             f"batches of <= {cfg.batch_seconds or DEFAULT_BATCH_SECONDS:g} s padded audio, up to {cfg.window_rows} inputs per actor call, "
             f"chunks of <= {cfg.chunk_seconds:g} s")
 
@@ -301,17 +318,23 @@ def build_dataset(cfg: TranscribeConfig, inputs: pa.Array, actors: int, gpus_per
     """The Ray Dataset of transcript rows (schema columns + actor_id/gpu_ids), not yet committed.
     `transcriber`: the model stage's class (Transcriber; tests pass their own to inject faults)."""
     decoders = decode_concurrency(cfg, actors, gpus_per_actor)
-    return transcribed(cfg, decoded(cfg, inputs, decoders), actors, gpus_per_actor, transcriber)
+    return transcribed(cfg, decoded(cfg, inputs, decoders, gpus_per_actor), actors, gpus_per_actor, transcriber)
 
 
-def decoded(cfg: TranscribeConfig, inputs: pa.Array, decoders: int | None = None):
-    """CPU tasks: audio URIs -> decoded 16 kHz waveforms (or error rows)."""
+def decoded(cfg: TranscribeConfig, inputs: pa.Array, decoders: int | None = None, gpus_per_actor: float = 0.0):
+    """Audio URIs -> decoded 16 kHz waveforms (or error rows): in `decoders` CPU tasks, or (0) inside the model
+    actors: the same resources as the model stage, so Ray Data fuses the two (see decode_concurrency)."""
     import ray
 
     decode_rows = cfg.decode_rows or DEFAULT_DECODE_ROWS
     # whole blocks per decode task (see size_to_inputs)
     block_rows = largest_divisor(decode_rows, max(1, min(MAX_BLOCK_ROWS, math.ceil(len(inputs) / 64))))
     blocks = [pa.table({"audio_uri": inputs[i : i + block_rows]}) for i in range(0, len(inputs), block_rows)]
+    if decoders == 0:
+        return ray.data.from_arrow(blocks).map_batches(
+            decode_batch, batch_size=decode_rows, batch_format="numpy",
+            fn_kwargs={"storage_options": cfg.storage_options or None}, num_cpus=cfg.cpus_per_actor, num_gpus=gpus_per_actor,
+        )
     return ray.data.from_arrow(blocks).map_batches(
         decode_batch, batch_size=decode_rows, batch_format="numpy",
         fn_kwargs={"storage_options": cfg.storage_options or None}, num_cpus=DECODE_CPUS,

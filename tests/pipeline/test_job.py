@@ -5,6 +5,7 @@ it joins the session's Ray cluster because Ray is already initialised.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -13,7 +14,7 @@ import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 
 from jobs.cli import main
-from pipeline.job import TranscribeConfig, decoded, pending_inputs, transcribed
+from pipeline.job import TranscribeConfig, build_dataset, decoded, pending_inputs, transcribed
 from pipeline.schema import TRANSCRIPT_SCHEMA
 from pipeline.sink import TMP_DIR, committed_files, read_output
 from tests.pipeline.conftest import AUDIO, CLIPS
@@ -118,3 +119,22 @@ def test_each_actor_is_pinned_to_its_own_logical_gpu(ray_data, model_dir, audio_
     assert len(rows) == len(CLIPS)
     assert len(gpus_by_actor) == 2, gpus_by_actor
     assert sorted(gpus_by_actor.values()) == ["0", "1"]
+
+
+def test_single_thread_cpu_actors_decode_their_own_inputs(ray_data, model_dir, audio_dir, tmp_path):
+    """The CPU default (decode_tasks 0): Ray Data fuses decoding into the model actors, so waveforms skip the
+    object store. The rows are those of separate decode tasks, error rows included."""
+    make_bad_corpus(audio_dir / "broken")
+    cfg = TranscribeConfig(str(audio_dir), str(tmp_path / "out"), model_dir, device="cpu", batch_seconds=10,
+                           threads_per_actor=1, decode_rows=4, window_rows=8)
+    inputs, _ = pending_inputs(cfg)
+    runs = {}
+    for tasks in (0, 1):
+        ds = build_dataset(dataclasses.replace(cfg, decode_tasks=tasks), inputs, actors=1, gpus_per_actor=0.0)
+        ds = ds.drop_columns(["actor_id", "gpu_ids", "processed_at"])
+        rows = sorted(ds.take_all(), key=lambda r: r["audio_uri"])
+        runs[tasks] = rows, "MapBatches(decode_batch)->MapBatches(Transcriber)" in ds.stats()
+    (fused, was_fused), (apart, was_apart) = runs[0], runs[1]
+    assert was_fused and not was_apart
+    assert len(fused) == len(inputs) and sum(r["error"] is not None for r in fused) >= 10
+    assert fused == apart

@@ -1,4 +1,5 @@
 """The job sizes itself from the machine and the inputs (pipeline.job.size_to_inputs / node_shape / resolve_resources)."""
+import dataclasses
 import os
 
 import pyarrow as pa
@@ -34,12 +35,12 @@ def test_the_default_plan_uses_every_cpu_of_the_local_node(ray_cluster):
     default = TranscribeConfig("in", "out", "m")
     actors, gpus = resolve_resources(default, {"CPU": 4.0}, shape, 8 * 1024**2)  # a small checkpoint
     cfg = size_to_inputs(default, 3.0, actors, gpus, shape.cores, shape.nodes)
-    # single-thread actors up to the cores, leaving logical CPUs for a decode task and the commits (4 - 1.25)
+    # single-thread actors up to the cores (and the logical CPUs the commits leave: 4 - 0.25)
     assert actors == min(shape.cores, 2) and gpus == 0.0
     assert actors * cfg.threads_per_actor <= shape.cores < actors * (cfg.threads_per_actor + 1)  # every core used
-    assert cfg.decode_tasks == 1  # one decoder for the node's CPU actors
+    assert cfg.threads_per_actor == 1 and cfg.decode_tasks == 0  # each single-thread actor decodes its own inputs
     line = describe_plan(cfg, actors, gpus)
-    assert f"{actors} model actor(s) x {cfg.threads_per_actor} CPU thread(s), 1 decode task(s)" in line
+    assert f"{actors} model actor(s) x 1 CPU thread(s), decoding inside the model actors" in line
     assert f"{cfg.window_rows} inputs per actor call" in line
     assert size_to_inputs(default, 3.0, 2, 1.0, shape.cores, shape.nodes).threads_per_actor == 1  # GPU actors
     assert resolve_resources(default, {"CPU": 4.0, "GPU": 2.0}, shape) == (2, 1.0)  # one per GPU, whatever the cores
@@ -48,18 +49,20 @@ def test_the_default_plan_uses_every_cpu_of_the_local_node(ray_cluster):
 def test_cpu_actors_are_one_per_core_as_far_as_memory_and_cpus_allow():
     cfg, GiB = TranscribeConfig("in", "out", "m"), 1024**3
     big = NodeShape(cores=16, cpus=16.0, memory=64 * GiB, nodes=3)
-    assert cpu_actors_per_node(cfg, big, 8 * 1024**2) == 14  # 16 CPUs - a decode task - commits
+    assert cpu_actors_per_node(cfg, big, 8 * 1024**2) == 15  # 16 CPUs - the commits' 0.25
     per_06b = 2.5 * GiB + CPU_ACTOR_OVERHEAD_BYTES
-    assert cpu_actors_per_node(cfg, big, int(2.5 * GiB)) == min(14, int(64 * GiB // per_06b))  # memory: 16 copies do not fit
+    assert cpu_actors_per_node(cfg, big, int(2.5 * GiB)) == min(15, int(64 * GiB // per_06b))  # memory: 16 copies do not fit
     assert cpu_actors_per_node(cfg, big, None) == int(64 * GiB // (UNKNOWN_CHECKPOINT_BYTES + CPU_ACTOR_OVERHEAD_BYTES))
     assert cpu_actors_per_node(cfg, NodeShape(16, 16.0, 1 * GiB, 1), 8 * 1024**2) == 1  # never none
-    assert cpu_actors_per_node(TranscribeConfig("in", "out", "m", cpus_per_actor=4), big, 0) == 3  # (16 - 1.25) // 4
+    assert cpu_actors_per_node(TranscribeConfig("in", "out", "m", cpus_per_actor=4), big, 0) == 3  # (16 - 0.25) // 4
     actors, _ = resolve_resources(cfg, {"CPU": 48.0}, big, 8 * 1024**2)
-    assert actors == 3 * 14  # every CPU node
+    assert actors == 3 * 15  # every CPU node
     sized = size_to_inputs(cfg, 3.0, actors, 0.0, big.cores, big.nodes)
-    assert sized.threads_per_actor == 1 and sized.decode_tasks == 3  # a decoder a node
+    assert sized.threads_per_actor == 1 and sized.decode_tasks == 0  # single-thread actors decode their own inputs
     few = size_to_inputs(cfg, 3.0, 3 * 5, 0.0, big.cores, big.nodes)
-    assert few.threads_per_actor == 3  # memory-bound actors share the node's cores
+    assert few.threads_per_actor == 3 and few.decode_tasks == 3  # memory-bound actors share the cores; a decoder a node
+    assert "1 decode task(s)" in describe_plan(dataclasses.replace(few, decode_tasks=None), 5, 0.0)
+    assert size_to_inputs(TranscribeConfig("in", "out", "m", decode_tasks=2), 3.0, 2, 0.0, 2).decode_tasks == 2  # given
     assert resolve_resources(TranscribeConfig("in", "out", "m", actors=5), {"CPU": 48.0}, big) == (5, 0.0)  # --actors
     assert decode_concurrency(TranscribeConfig("in", "out", "m", decode_tasks=7), 2, 0.0) == 7
     # a small job keeps one actor: not another model load for a window or a few minutes of audio
