@@ -14,7 +14,7 @@ The corpus is `--files` hard links to the espeak clips in tests/data/audio (shor
     marginal rate between them (extra audio / extra wall) is what the job does once it is running (the fixed costs,
     Ray start, planning, actor start and model load, the first and last windows, shutdown, cancel out; a difference
     of two walls, so the runs are made long); and from the longest run's rows, whose processed_at is their model
-    call's start: with A actors, the audio of the calls from the (A+1)-th start up to the last start, over that
+    call's start: with A actors, the audio of the calls from the (A+1)-th start up to the A-th last start, over that
     time (what the model actors get through while decoding and commits run alongside them; where the actors decode
     their own inputs, each start-to-start span holds the next window's decoding as well);
   - where the job's time went: process start -> job start (imports, allocator re-exec), job start -> first commit
@@ -139,11 +139,14 @@ def run_job(folder: Path, out: Path, model_uri: str | None) -> dict:
     plan = next((line for line in proc.stderr.splitlines() if line.startswith("plan:")), "")
     actors = int(re.match(r"plan: (\d+) model actor", plan).group(1)) if plan else 1
     starts = sorted(calls)
-    # The first call of each actor also waits for the first decodes, the last has no successor: with A actors
-    # taking windows in turn, the calls started from the (A+1)-th start to the last one, over that time.
-    inner = starts[actors:-1]
-    calls_rate = (sum(calls[a] for a in inner) / (starts[-1] - starts[actors]).total_seconds()
-                  if len(starts) >= actors + 2 else None)
+    # The first round of calls (one an actor) also waits for start-up, the last round has no successor. Between the
+    # first start of the second round and the first start of the last round every actor makes the same number of
+    # whole calls, however their phases lie: the audio of the calls started in [starts[A], starts[-A]) over that
+    # time. (Up to this stop the span ran to the very last start and counted one call more than it held when the
+    # actors run in step: 2 actors, 12 calls, +12 %.)
+    inner = starts[actors:-actors]
+    calls_rate = (sum(calls[a] for a in inner) / (starts[-actors] - starts[actors]).total_seconds()
+                  if len(starts) >= 3 * actors else None)
     job_start = datetime.fromisoformat(summary["started_at"]).timestamp()
     first, last = commits[0][0], commits[-1][0]
     after_first = sum(sum(d for d in ds if d) for _, ds in commits[1:])
@@ -202,7 +205,7 @@ def main() -> None:
               f"\n   {half['plan']}\n   {double['plan']})")
     if double["calls_rate"]:
         print(f"steady state, from the model actors' calls ({args.scale * args.files} files, {double['actors']} actor(s): "
-              f"{double['calls'] - double['actors'] - 1} of {double['calls']} calls, start to start, decoding and commits "
+              f"{double['calls'] - 2 * double['actors']} of {double['calls']} calls, start to start, decoding and commits "
               f"running alongside): {double['calls_rate']:.0f} "
               f"audio-s/s -> {double['calls_rate'] / best:.2f}x   goal: >= 0.9x")
     print(f"where the job's time went: process start -> job start {job['to_job_start_s']:.1f} s, job start -> first commit "
