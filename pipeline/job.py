@@ -36,7 +36,7 @@ UNKNOWN_CHECKPOINT_BYTES = 4.5 * 1024**3
 SMALL_MODEL_BYTES = 100 * 1024**2  # below this a model's CPU batches are kept short (batch_seconds_for)
 CPU_SMALL_MODEL_BATCH_SECONDS = 120.0
 MIN_AUDIO_PER_ACTOR_S = 1800.0  # a job starts another actor only for at least this much more audio
-DECODE_MEMORY_BYTES = 512 * 1024**2  # per decode task: the worker (torch imported) plus a few files of audio
+DECODE_MEMORY_BYTES = 512 * 1024**2  # per decode task: the worker (numpy, libsndfile, soxr, PyAV) plus its audio
 DECODERS_PER_GPU_ACTOR = 4
 MAX_BLOCK_ROWS = 32  # inputs per listing block: bounds decode-task size, keeps block count modest
 # Sizing from the inputs' durations (median of a sample of headers), measured on this 2-core box with the demo
