@@ -318,12 +318,14 @@ def build_dataset(cfg: TranscribeConfig, inputs: pa.Array, actors: int, gpus_per
     """The Ray Dataset of transcript rows (schema columns + actor_id/gpu_ids), not yet committed.
     `transcriber`: the model stage's class (Transcriber; tests pass their own to inject faults)."""
     decoders = decode_concurrency(cfg, actors, gpus_per_actor)
-    return transcribed(cfg, decoded(cfg, inputs, decoders, gpus_per_actor), actors, gpus_per_actor, transcriber)
+    return transcribed(cfg, decoded(cfg, inputs, decoders, gpus_per_actor, actors), actors, gpus_per_actor, transcriber)
 
 
-def decoded(cfg: TranscribeConfig, inputs: pa.Array, decoders: int | None = None, gpus_per_actor: float = 0.0):
-    """Audio URIs -> decoded 16 kHz waveforms (or error rows): in `decoders` CPU tasks, or (0) inside the model
-    actors: the same resources as the model stage, so Ray Data fuses the two (see decode_concurrency)."""
+def decoded(cfg: TranscribeConfig, inputs: pa.Array, decoders: int | None = None, gpus_per_actor: float = 0.0,
+            actors: int | None = None):
+    """Audio URIs -> decoded 16 kHz waveforms (or error rows): in `decoders` CPU tasks, or (0) inside the `actors`
+    model actors: the same resources as the model stage, so Ray Data fuses the two (see decode_concurrency). The
+    task pool's size is the actor pool's, which fusion requires, and which bounds the decoding if it did not fuse."""
     import ray
 
     decode_rows = cfg.decode_rows or DEFAULT_DECODE_ROWS
@@ -334,6 +336,7 @@ def decoded(cfg: TranscribeConfig, inputs: pa.Array, decoders: int | None = None
         return ray.data.from_arrow(blocks).map_batches(
             decode_batch, batch_size=decode_rows, batch_format="numpy",
             fn_kwargs={"storage_options": cfg.storage_options or None}, num_cpus=cfg.cpus_per_actor, num_gpus=gpus_per_actor,
+            compute=ray.data.TaskPoolStrategy(size=actors) if actors else None,
         )
     return ray.data.from_arrow(blocks).map_batches(
         decode_batch, batch_size=decode_rows, batch_format="numpy",
