@@ -332,20 +332,22 @@ def decoded(cfg: TranscribeConfig, inputs: pa.Array, decoders: int | None = None
     # whole blocks per decode task (see size_to_inputs)
     block_rows = largest_divisor(decode_rows, max(1, min(MAX_BLOCK_ROWS, math.ceil(len(inputs) / 64))))
     blocks = [pa.table({"audio_uri": inputs[i : i + block_rows]}) for i in range(0, len(inputs), block_rows)]
-    if decoders == 0:
-        return ray.data.from_arrow(blocks).map_batches(
-            decode_batch, batch_size=decode_rows, batch_format="numpy",
-            fn_kwargs={"storage_options": cfg.storage_options or None}, num_cpus=cfg.cpus_per_actor, num_gpus=gpus_per_actor,
-            compute=ray.data.TaskPoolStrategy(size=actors) if actors else None,
-        )
-    return ray.data.from_arrow(blocks).map_batches(
-        decode_batch, batch_size=decode_rows, batch_format="numpy",
-        fn_kwargs={"storage_options": cfg.storage_options or None}, num_cpus=DECODE_CPUS,
-        compute=ray.data.TaskPoolStrategy(size=decoders),
+    if decoders == 0:  # the model stage's own resources: Ray Data fuses decoding into the actors
+        resources = dict(model_stage_resources(cfg, gpus_per_actor),
+                         compute=ray.data.TaskPoolStrategy(size=actors) if actors else None)
+    else:
         # Reserving memory for decoded audio also keeps Ray Data from fusing decoding into the model
         # actors (it fuses stages whose resources are equal): decoding overlaps inference instead.
-        memory=DECODE_MEMORY_BYTES,
+        resources = dict(num_cpus=DECODE_CPUS, compute=ray.data.TaskPoolStrategy(size=decoders), memory=DECODE_MEMORY_BYTES)
+    return ray.data.from_arrow(blocks).map_batches(
+        decode_batch, batch_size=decode_rows, batch_format="numpy",
+        fn_kwargs={"storage_options": cfg.storage_options or None}, **resources,
     )
+
+
+def model_stage_resources(cfg: TranscribeConfig, gpus_per_actor: float) -> dict[str, float]:
+    """Ray resources of one Transcriber actor; decoding asks for the same to be fused into it."""
+    return {"num_cpus": cfg.cpus_per_actor, "num_gpus": gpus_per_actor}
 
 
 def transcribed(cfg: TranscribeConfig, ds, actors: int, gpus_per_actor: float, transcriber: type = Transcriber):
@@ -362,8 +364,7 @@ def transcribed(cfg: TranscribeConfig, ds, actors: int, gpus_per_actor: float, t
         ),
         compute=ray.data.ActorPoolStrategy(size=actors),
         # pyarrow: the decoded waveforms reach the actor as the decode tasks' buffers (decode.waveforms)
-        batch_size=cfg.window_rows or DEFAULT_WINDOW_ROWS, batch_format="pyarrow", num_cpus=cfg.cpus_per_actor,
-        num_gpus=gpus_per_actor,
+        batch_size=cfg.window_rows or DEFAULT_WINDOW_ROWS, batch_format="pyarrow", **model_stage_resources(cfg, gpus_per_actor),
     )
 
 
