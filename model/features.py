@@ -127,9 +127,7 @@ class LogMelFeatures(nn.Module):
                 x, c.n_fft, hop_length=c.hop_length, win_length=c.win_length, window=self.window.float(),
                 center=not c.exact_pad, pad_mode="constant", return_complex=True,
             )  # (B, n_fft // 2 + 1, F)
-            power = torch.view_as_real(spec).pow(2).sum(-1)  # |X|^2
-            if c.mag_power != 2.0:
-                power = power.pow(c.mag_power / 2)  # |X| ** mag_power
+            power = power_spectrum(spec, c.mag_power)
             feats = torch.matmul(self.filterbank.float(), power)  # (B, n_mels, F); fp32 even in a bf16 model
             if c.log:
                 guard = log_guard_value(c)
@@ -146,6 +144,14 @@ class LogMelFeatures(nn.Module):
         if c.pad_to > 0 and feats.shape[-1] % c.pad_to:
             feats = F.pad(feats, (0, c.pad_to - feats.shape[-1] % c.pad_to), value=c.pad_value)
         return feats, frames
+
+
+def power_spectrum(spec: torch.Tensor, mag_power: float = 2.0) -> torch.Tensor:
+    """|X| ** mag_power of a complex STFT. |X|^2 is re^2 + im^2: the same float32 sum as
+    `view_as_real(x).pow(2).sum(-1)` bit for bit, where a reduction over a last dim of 2 cost 8x as much
+    (13 % of a small model's CPU call)."""
+    power = spec.real.square() + spec.imag.square()
+    return power if mag_power == 2.0 else power.pow(mag_power / 2)
 
 
 def normalize_per_feature(feats: torch.Tensor, valid: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,7 @@ def token_offsets(hyp: Hypothesis, tokenizer: Tokenizer, punctuation: frozenset[
     """Per token: id, piece, decoded text, start/end frame offsets after punctuation snapping."""
     offsets = []
     for tid, frame, dur in zip(hyp.token_ids, hyp.frames, hyp.durations):
-        text = tokenizer.decode([tid])
+        text = tokenizer.token_text(tid)
         start, end = frame, frame + dur
         if text in punctuation and offsets:  # snap to the previous token's (refined) end
             start = end = offsets[-1]["end"]
@@ -65,10 +65,14 @@ def word_offsets(tokens: list[dict], punctuation: frozenset[str], pieces_to_text
     words: list[dict] = []
     built: list[str] = []
     first = 0  # index of the first token of the word being built
+    following: list[str | None] = [None] * len(tokens)  # the next token's text that is neither empty nor a space
+    for i in range(len(tokens) - 2, -1, -1):
+        t = tokens[i + 1]["text"]
+        following[i] = t if t and t != WORD_DELIMITER else following[i + 1]
     for i, tok in enumerate(tokens):
         text, piece = tok["text"], tok["piece"]
         is_punct = bool(punctuation) and text in punctuation and text != WORD_DELIMITER
-        nxt = next((t["text"] for t in tokens[i + 1 :] if t["text"] and t["text"] != WORD_DELIMITER), None)
+        nxt = following[i]
         starts_word = piece != text or (text == WORD_DELIMITER and nxt not in punctuation)
         if starts_word and not is_punct:
             if built:

@@ -18,6 +18,7 @@ class Tokenizer:
         if sum(x is not None for x in (spm_path, hf_path, data)) != 1:
             raise ValueError("give exactly one of spm_path / hf_path / data")
         self._spm = self._hf = None
+        self._token_text: dict[int, str] = {}
         # The file's bytes are kept: `save` writes them, so the file itself (often in a temporary folder
         # of a .nemo extraction or a downloaded checkpoint) may be deleted once the tokenizer is built.
         if data is not None:
@@ -70,7 +71,18 @@ class Tokenizer:
         return list(self._hf.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: list[int]) -> str:
-        ids = [int(i) for i in ids]
+        if len(ids) == 1:  # timestamps and confidences decode every token alone: once per id, then remembered
+            return self.token_text(int(ids[0]))
+        return self._decode([int(i) for i in ids])
+
+    def token_text(self, i: int) -> str:
+        """`decode([i])`, remembered per id (a vocabulary's worth at most)."""
+        text = self._token_text.get(i)
+        if text is None:
+            text = self._token_text[int(i)] = self._decode([int(i)])
+        return text
+
+    def _decode(self, ids: list[int]) -> str:
         if self._spm is not None:
             return self._spm.decode(ids)
         return self._hf.decode(ids, skip_special_tokens=False)

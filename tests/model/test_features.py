@@ -9,7 +9,7 @@ import torch
 
 from model.config import ConfigError, FeatureConfig
 from model.config_convert import _features_from_nemo
-from model.features import LogMelFeatures
+from model.features import LogMelFeatures, power_spectrum
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "nemo"
 CASES = json.loads((DATA / "features_cases.json").read_text())
@@ -70,3 +70,10 @@ def test_train_only_options_do_not_change_inference():
 
 def test_frame_splicing_widens_the_encoder_input():
     assert FeatureConfig(n_mels=64, frame_splicing=3).feature_dim == 192
+
+
+def test_power_spectrum_is_the_reduction_bit_for_bit():
+    x = torch.randn(3, 8000, generator=torch.Generator().manual_seed(0)) * 0.3
+    spec = torch.stft(x, 512, hop_length=160, win_length=400, window=torch.hann_window(400), return_complex=True)
+    assert torch.equal(power_spectrum(spec), torch.view_as_real(spec).pow(2).sum(-1))
+    assert torch.equal(power_spectrum(spec, 1.0), torch.view_as_real(spec).pow(2).sum(-1).pow(0.5))

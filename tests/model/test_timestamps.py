@@ -94,3 +94,12 @@ def test_no_punctuation_in_vocabulary_means_no_snapping(tok):
     frames = tuple(range(0, 4 * len(tids), 4))
     tr = build_transcript(Hypothesis(tuple(tids), frames, (1,) * len(tids)), tok, 0.01, 8, 3.0, punctuation=frozenset())
     assert [(t.start, t.end) for t in tr.tokens] == [(_sec(f), _sec(f + 1)) for f in frames]
+
+
+def test_single_token_texts_are_remembered_and_equal_the_decoder(tok):
+    for i in range(tok.vocab_size):
+        assert tok.decode([i]) == tok._decode([i]) == tok.token_text(i)
+    assert tok.decode([3]) == tok.decode([3])  # from the memory now
+    many = ids(tok, "Hello world, this is a test.")
+    assert tok.decode(many) == tok._decode(many)
+    assert tok.decode([]) == ""
