@@ -27,7 +27,7 @@ def register(subparsers) -> None:
         "transcribe",
         help="transcribe a folder/bucket prefix or manifest of audio into Parquet transcripts",
         description="Transcribe every audio file under INPUT (a folder, an fsspec URI prefix such as s3://bucket/audio/, "
-        "or a Parquet/CSV/JSONL manifest with an audio_uri column) into OUTPUT/transcripts/*.parquet. "
+        "or a Parquet/CSV/JSONL/JSON manifest with an audio_uri column, or NeMo's audio_filepath) into OUTPUT/transcripts/*.parquet. "
         "Rerunning the same command resumes: inputs already in OUTPUT are skipped.",
     )
     p.add_argument("input", metavar="INPUT", help="folder, URI prefix, single file, or manifest (.parquet/.csv/.jsonl)")

@@ -7,6 +7,7 @@ million inputs cost roughly 100 MB of driver memory (see docs/pipeline.md, "Scal
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -15,7 +16,6 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 # What `--extensions` defaults to: every container libsndfile decodes (see model/audio.py).
@@ -106,31 +106,156 @@ def iter_folder(fs: fsspec.AbstractFileSystem, path: str, extensions: tuple[str,
 
 
 def read_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """`audio_uri` column of a Parquet/CSV/JSONL manifest. Relative entries resolve against the
+    """The audio entries of a Parquet/CSV/JSONL/JSON manifest (`audio_uri`, or NeMo's `audio_filepath`), read a
+    batch at a time: only the URIs are kept, whatever else the rows hold. Relative entries resolve against the
     manifest's folder; duplicates are dropped (each input is transcribed once)."""
-    table = read_manifest_table(uri, storage_options)
     seen: dict[str, None] = {}
-    for i, value in enumerate(table.column(URI_COLUMN).to_pylist()):
-        if not value:
-            raise InputError(f"manifest {uri} row {i}: empty {URI_COLUMN}")
-        seen.setdefault(value, None)
+    row = 0
+    for table in iter_manifest_tables(uri, ("audio_uri",), storage_options):
+        for value in table.column("audio_uri").to_pylist():
+            if not value:
+                raise InputError(f"manifest {uri} row {row}: empty {URI_COLUMN}")
+            seen.setdefault(value, None)
+            row += 1
     if not seen:
         raise InputError(f"manifest {uri} lists no inputs")
     return list(seen)
 
 
-def _read_table(f, uri: str) -> pa.Table:
+# What a manifest may hold: our column, then the keys NeMo's manifests use for it; its type; whether it must be there.
+MANIFEST_FIELDS = {
+    "audio_uri": (("audio_uri", "audio_filepath", "audio_path"), pa.string(), True),
+    "text": (("text", "transcript"), pa.string(), True),
+    "duration_s": (("duration_s", "duration"), pa.float64(), False),
+}
+
+
+def iter_manifest_tables(uri: str, fields: tuple[str, ...], storage_options: dict[str, Any] | None = None,
+                         batch_rows: int = 65_536) -> Iterator[pa.Table]:
+    """One manifest file as tables of at most `batch_rows` rows holding `fields` (names of MANIFEST_FIELDS), each
+    read from the first of its keys the file has and typed; a field that is not required and absent is null.
+    `audio_uri` entries are resolved against the manifest's folder. What every manifest reader shares
+    (transcription's `read_manifest`, fine-tuning's plan): memory holds a batch, not the file, and only the
+    fields asked for. Other columns are never parsed, so their types may vary from row to row (JSON lines whose
+    optional keys are null at first and numbers later). Raises InputError naming the file when it cannot be
+    parsed or lacks a required field."""
+    fs, path = filesystem(uri, storage_options)
+    base = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri else "."
     lower = uri.lower()
+    with fs.open(path, "rb") as f:
+        try:
+            if lower.endswith(".parquet"):
+                tables = _parquet_tables(f, uri, fields, batch_rows)
+            elif lower.endswith(".csv"):
+                tables = _csv_tables(f, uri, fields)
+            else:  # .jsonl/.ndjson, and .json: JSON lines (NeMo's manifests) or one JSON array
+                tables = _json_tables(f, uri, fields, batch_rows)
+            for table in tables:
+                if "audio_uri" in fields:
+                    audio = [_resolve(str(v), base, fs) if v else None for v in table.column("audio_uri").to_pylist()]
+                    table = table.set_column(table.column_names.index("audio_uri"), "audio_uri", pa.array(audio, pa.string()))
+                yield table
+        except (pa.ArrowInvalid, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"manifest {uri} cannot be parsed: {e}") from e
+
+
+def _chosen_keys(names: Iterable[str], uri: str, fields: tuple[str, ...]) -> dict[str, str | None]:
+    """field -> the file's key for it (None: absent and not required); InputError for a required one absent."""
+    names = list(names)
+    keys = {}
+    for name in fields:
+        aliases, _, required = MANIFEST_FIELDS[name]
+        keys[name] = next((a for a in aliases if a in names), None)
+        if keys[name] is None and required:
+            also = f" (nor {', '.join(aliases[1:])})" if len(aliases) > 1 else ""
+            raise InputError(f"manifest {uri} has no '{name}' column{also}; columns: {names}")
+    return keys
+
+
+def _typed(columns: dict[str, list | pa.ChunkedArray | pa.Array], n: int, uri: str) -> pa.Table:
+    """Columns (None: absent) cast to their MANIFEST_FIELDS types; a value that does not convert names the file."""
+    out = {}
+    for name, values in columns.items():
+        kind = MANIFEST_FIELDS[name][1]
+        if values is None:
+            out[name] = pa.nulls(n, kind)
+        elif isinstance(values, list):
+            out[name] = _from_python(values, kind, name, uri)
+        else:
+            try:
+                out[name] = values.cast(kind)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise InputError(f"manifest {uri}: column '{name}' is not {kind}: {e}") from e
+    return pa.table(out)
+
+
+def _from_python(values: list, kind: pa.DataType, name: str, uri: str) -> pa.Array:
+    if kind == pa.string():
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
     try:
-        if lower.endswith(".parquet"):
-            return pq.read_table(f)
-        if lower.endswith(".csv"):
-            return pa_csv.read_csv(f)
-        if lower.endswith(".json"):  # a JSON array of objects
-            return pa.Table.from_pylist(json.load(f))
-        return pa_json.read_json(f)
-    except (pa.ArrowInvalid, json.JSONDecodeError, TypeError) as e:
-        raise InputError(f"manifest {uri} cannot be parsed: {e}") from e
+        return pa.array([None if v is None or v == "" else float(v) for v in values], kind)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"manifest {uri}: '{name}' is not a number: {e}") from e
+
+
+def _parquet_tables(f, uri: str, fields: tuple[str, ...], batch_rows: int) -> Iterator[pa.Table]:
+    file = pq.ParquetFile(f)
+    keys = _chosen_keys(file.schema_arrow.names, uri, fields)
+    wanted = sorted({k for k in keys.values() if k is not None})
+    for batch in file.iter_batches(batch_size=batch_rows, columns=wanted):
+        yield _typed({name: batch.column(key) if key else None for name, key in keys.items()}, batch.num_rows, uri)
+
+
+def _csv_tables(f, uri: str, fields: tuple[str, ...]) -> Iterator[pa.Table]:
+    header = pa_csv.open_csv(f, read_options=pa_csv.ReadOptions(block_size=1 << 16)).schema.names
+    f.seek(0)
+    keys = _chosen_keys(header, uri, fields)
+    wanted = sorted({k for k in keys.values() if k is not None})
+    # Only our columns are parsed, as strings: a streaming reader infers each column's type from its first block.
+    convert = pa_csv.ConvertOptions(include_columns=wanted, column_types={k: pa.string() for k in wanted})
+    for batch in pa_csv.open_csv(f, read_options=pa_csv.ReadOptions(block_size=1 << 22), convert_options=convert):
+        yield _typed({name: _csv_column(batch.column(key), name) if key else None for name, key in keys.items()},
+                     batch.num_rows, uri)
+
+
+def _csv_column(values: pa.Array, name: str) -> pa.Array | list:
+    if MANIFEST_FIELDS[name][1] == pa.string():
+        return values
+    return values.to_pylist()  # numbers: empty cells are nulls (_from_python)
+
+
+def _json_tables(f, uri: str, fields: tuple[str, ...], batch_rows: int) -> Iterator[pa.Table]:
+    """JSON lines or a JSON array of objects, parsed by the json module a batch at a time: each row may have its
+    own keys and types (pyarrow's streaming JSON reader fixes them from its first block)."""
+    head = f.read(1 << 10).lstrip()
+    f.seek(0)
+    if head.startswith(b"["):
+        rows = json.load(f)
+        if not isinstance(rows, list):
+            raise InputError(f"manifest {uri} cannot be parsed: not a JSON array of objects")
+        chunks = (rows[i : i + batch_rows] for i in range(0, max(1, len(rows)), batch_rows))
+    else:
+        chunks = _json_line_chunks(f, batch_rows)
+    keys: dict[str, str | None] | None = None
+    for chunk in chunks:
+        if any(not isinstance(r, dict) for r in chunk):
+            bad = next(r for r in chunk if not isinstance(r, dict))
+            raise InputError(f"manifest {uri} cannot be parsed: a row is not a JSON object: {str(bad)[:80]}")
+        if keys is None:  # the keys are chosen from the first rows' (a row may still lack an optional one)
+            keys = _chosen_keys(dict.fromkeys(k for r in chunk for k in r), uri, fields) if chunk else {n: None for n in fields}
+        yield _typed({name: [r.get(key) for r in chunk] if key else None for name, key in keys.items()}, len(chunk), uri)
+
+
+def _json_line_chunks(f, batch_rows: int) -> Iterator[list]:
+    chunk = []
+    for line in io.TextIOWrapper(f, encoding="utf-8"):
+        if line.strip():
+            chunk.append(json.loads(line))
+            if len(chunk) == batch_rows:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
 
 
 def _resolve(value: str, base: str, fs: fsspec.AbstractFileSystem) -> str:
@@ -138,16 +263,3 @@ def _resolve(value: str, base: str, fs: fsspec.AbstractFileSystem) -> str:
         return value
     joined = f"{base}/{value}"
     return os.path.abspath(joined) if is_local(fs) and "://" not in base else joined
-
-
-def read_manifest_table(uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
-    """A whole Parquet/CSV/JSONL manifest (for training also text, duration_s), with relative
-    `audio_uri` entries resolved against the manifest's folder (empty entries stay empty)."""
-    fs, path = filesystem(uri, storage_options)
-    with fs.open(path, "rb") as f:
-        table = _read_table(f, uri)
-    if URI_COLUMN not in table.column_names:
-        raise InputError(f"manifest {uri} has no '{URI_COLUMN}' column (columns: {table.column_names})")
-    base = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri else "."
-    resolved = [_resolve(str(v), base, fs) if v else v for v in table.column(URI_COLUMN).to_pylist()]
-    return table.set_column(table.column_names.index(URI_COLUMN), URI_COLUMN, pa.array(resolved, pa.string()))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,20 +25,17 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.json as pa_json
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.batching import plan_batches
-from pipeline.sources import MANIFEST_SUFFIXES, InputError, _resolve, filesystem, to_uri
+from pipeline.sources import MANIFEST_SUFFIXES, InputError, filesystem, iter_manifest_tables, to_uri
 
 from .config import BAD_REASONS, TrainConfig
 
 PLAN = "_plan"
 SHARD_ROWS = 20_000  # plan rows per shard file (also the unit of one header-probing task)
 PROBE_THREADS = 16  # concurrent header reads per probing task (I/O-bound: object-store latency)
-ALIASES = {"audio_uri": ("audio_uri", "audio_filepath", "audio_path"), "text": ("text", "transcript"),
-           "duration_s": ("duration_s", "duration")}  # ours, then NeMo's manifest keys
 SCHEMA = pa.schema([("uid", pa.int64()), ("audio_uri", pa.string()), ("text", pa.string()), ("duration_s", pa.float64()),
                     ("reason", pa.string())])
 
@@ -80,40 +76,9 @@ def _hidden(path: str, root: str) -> bool:
 def iter_manifest(uri: str, storage_options: dict[str, Any] | None = None, batch_rows: int = 65_536) -> Iterator[pa.Table]:
     """One manifest file as tables of at most `batch_rows` rows, columns audio_uri, text, duration_s
     (NeMo's audio_filepath / duration accepted), relative audio paths resolved against the manifest's folder."""
-    fs, path = filesystem(uri, storage_options)
-    base = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri else "."
-    lower = uri.lower()
-    with fs.open(path, "rb") as f:
-        try:
-            if lower.endswith(".parquet"):
-                batches = pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
-            elif lower.endswith(".csv"):
-                batches = pa_csv.open_csv(f, read_options=pa_csv.ReadOptions(block_size=1 << 22))
-            else:  # .jsonl/.ndjson, and .json: JSON lines (NeMo's manifests) or one JSON array
-                head = f.read(1 << 10).lstrip()
-                f.seek(0)
-                if head.startswith(b"["):
-                    batches = pa.Table.from_pylist(json.load(f)).to_batches(batch_rows)
-                else:
-                    batches = pa_json.open_json(f, read_options=pa_json.ReadOptions(block_size=1 << 22))
-            for batch in batches:
-                yield _normalise(pa.Table.from_batches([batch]), uri, base, fs)
-        except (pa.ArrowInvalid, json.JSONDecodeError, TypeError) as e:
-            raise InputError(f"manifest {uri} cannot be parsed: {e}") from e
-
-
-def _normalise(table: pa.Table, uri: str, base: str, fs) -> pa.Table:
-    cols = {}
-    for name, aliases in ALIASES.items():
-        found = next((a for a in aliases if a in table.column_names), None)
-        if found is None and name != "duration_s":
-            raise InputError(f"manifest {uri} has no '{name}' column (columns: {table.column_names})")
-        cols[name] = table.column(found) if found else pa.nulls(table.num_rows, pa.float64())
-    audio = [_resolve(str(v), base, fs) if v else None for v in cols["audio_uri"].to_pylist()]
-    text = [None if v is None else str(v) for v in cols["text"].to_pylist()]
-    duration = [None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in cols["duration_s"].to_pylist()]
-    return pa.table({"audio_uri": pa.array(audio, pa.string()), "text": pa.array(text, pa.string()),
-                     "duration_s": pa.array(duration, pa.float64())})
+    for table in iter_manifest_tables(uri, ("audio_uri", "text", "duration_s"), storage_options, batch_rows):
+        # NaN durations (a CSV or Parquet manifest's missing value) are unknown, as nulls are
+        yield table.set_column(2, "duration_s", pc.if_else(pc.is_nan(table.column(2)), None, table.column(2)))
 
 
 def _mark(table: pa.Table, first_uid: int, cfg: TrainConfig) -> pa.Table:
