@@ -61,7 +61,7 @@ def register(subparsers) -> None:
                    help="score tokens with the blank steps after them (NeMo exclude_blank: false)")
     c.add_argument("--confidence-tdt-duration", action="store_true",
                    help="also score the duration prediction (NeMo tdt_include_duration)")
-    p.add_argument("--batch-seconds", type=float, default=None, help="padded audio seconds per model call (default: 600; 120 for a model under 100 MB on CPU)")
+    p.add_argument("--batch-seconds", type=float, default=None, help="padded audio seconds per model call (default: 600 on GPUs, 120 on CPU)")
     p.add_argument("--chunk-seconds", type=float, default=None,
                    help="inputs longer than this are split at pauses and stitched (default: 300)")
     p.add_argument("--extensions", default=None, help="comma-separated file extensions to pick up under INPUT (default: common audio)")

@@ -29,12 +29,26 @@ from .transcriber import PRECISIONS, Transcriber
 
 DECODE_CPUS = 1.0  # per decode task (where decoding runs in tasks of its own: GPU actors, multi-thread CPU actors)
 COMMIT_CPUS = 0.25  # per commit task
-# What a CPU actor needs besides its copy of the weights (the worker, torch, a window of audio, one batch's
-# activations), and the weights assumed when the checkpoint's size cannot be read (parakeet-tdt-1.1b in fp32).
-CPU_ACTOR_OVERHEAD_BYTES = 1.5 * 1024**3
-UNKNOWN_CHECKPOINT_BYTES = 4.5 * 1024**3
-SMALL_MODEL_BYTES = 100 * 1024**2  # below this a model's CPU batches are kept short (batch_seconds_for)
-CPU_SMALL_MODEL_BATCH_SECONDS = 120.0
+# What a CPU actor holds besides its copy of the weights (cpu_actor_bytes), measured with
+# tests/perf/bench_actor_memory.py (Parakeet 0.6B's shape, fp32, one thread, tcmalloc): the worker with Python,
+# torch, pyarrow, Ray and the pipeline loaded, 357 MB; one model call's activations, 0.97 / 2.2 / 4.5 GB for 120 s of
+# 10 s clips / one 300 s chunk / 600 s of 10 s clips (7.4 MB per padded second, most of it the subsampling convs'
+# 256 channels; parakeet-tdt-1.1b has the same front end and width); a window's waveforms, 64 KB per second.
+# A small model's convolutions need a few percent of that, but one long chunk's self-attention does not shrink with
+# the model: its score, softmax and relative-position tensors grow with heads x frames^2 (the tiny preset, 4 heads,
+# peaked 944 MB above its loaded size for one 300 s chunk: 17 bytes per head per frame^2, 8x-subsampled frames).
+CPU_ACTOR_BASE_BYTES = 512 * 1024**2
+CPU_ACTIVATION_BYTES_PER_S = 8 * 1024**2  # per padded second of one model call, models >= SMALL_MODEL_BYTES
+SMALL_MODEL_ACTIVATION_BYTES_PER_S = 1 * 1024**2
+ATTENTION_BYTES_PER_FRAME_SQUARED = 8 * 17  # Parakeet's 8 heads
+ENCODER_FRAMES_PER_S = 12.5  # 10 ms features, 8x subsampling
+WAVEFORM_BYTES_PER_S = 16_000 * 4
+UNKNOWN_CHECKPOINT_BYTES = 4.5 * 1024**3  # weights assumed when the checkpoint's size cannot be read (1.1b, fp32)
+SMALL_MODEL_BYTES = 100 * 1024**2
+# Padded audio per model call on CPU, any model: a small model's activations stay in the cache (the demo model is
+# 15-30 % slower at 800 s), and Parakeet 0.6B's need 0.97 GB at 120 s against 4.5 GB at 600 s for a 4 % gain
+# (RTFx 6.5 against 6.8 at 480 s, one thread): memory is what bounds how many actors a CPU node runs.
+CPU_BATCH_SECONDS = 120.0
 MIN_AUDIO_PER_ACTOR_S = 1800.0  # a job starts another actor only for at least this much more audio
 DECODE_MEMORY_BYTES = 512 * 1024**2  # per decode task: the worker (numpy, libsndfile, soxr, PyAV) plus its audio
 DECODERS_PER_GPU_ACTOR = 4
@@ -152,18 +166,33 @@ def node_shape() -> NodeShape:
 
 def cpu_actors_per_node(cfg: TranscribeConfig, shape: NodeShape, checkpoint_bytes: int | None) -> int:
     """Model actors a CPU node runs: one single-thread actor per core, as far as the node's memory holds a copy
-    of the model for each (checkpoint size + CPU_ACTOR_OVERHEAD_BYTES; unknown size: UNKNOWN_CHECKPOINT_BYTES)
-    and its logical CPUs leave room for the commits (single-thread actors decode their own inputs:
+    of the model for each with its worker, activations and audio (cpu_actor_bytes) and its logical CPUs leave room for the commits (single-thread actors decode their own inputs:
     decode_concurrency).
 
     Measured on this 2-core box (tests/perf/bench_job.py, the same files): two single-thread processes get
     through 1,530 audio-s/s of the demo model where one with 2 threads gets 1,310, and RTFx 12.7 against 11.6
     for Parakeet 0.6B's shape: a small intra-op parallel region pays a barrier and wake-ups per operator.
     Fewer actors, more threads each, where memory is short."""
-    per_actor = (checkpoint_bytes or UNKNOWN_CHECKPOINT_BYTES) + CPU_ACTOR_OVERHEAD_BYTES
+    per_actor = cpu_actor_bytes(cfg, checkpoint_bytes)
     by_memory = int(shape.memory // per_actor) if shape.memory > 0 else shape.cores
     by_cpus = int((shape.cpus - COMMIT_CPUS) // cfg.cpus_per_actor)
     return max(1, min(shape.cores, by_memory, by_cpus))
+
+
+def cpu_actor_bytes(cfg: TranscribeConfig, checkpoint_bytes: int | None) -> float:
+    """Memory one CPU actor needs: its copy of the weights (the checkpoint's stored size; unknown:
+    UNKNOWN_CHECKPOINT_BYTES), the worker (CPU_ACTOR_BASE_BYTES), the largest model call's activations (a batch of
+    --batch-seconds, or one chunk of an input longer than that: --chunk-seconds) and a window's waveforms. A call's
+    peak is its convolutions' (per padded second) or, for one long chunk, its self-attention's (per frame^2),
+    whichever is larger: they are not alive at once. Parakeet 0.6B at the defaults (120 s batches, 300 s chunks):
+    2.4 + 0.5 + 2.4 + 0.3 = 5.6 GB."""
+    weights = checkpoint_bytes or UNKNOWN_CHECKPOINT_BYTES
+    batch = cfg.batch_seconds or batch_seconds_for(0.0, checkpoint_bytes)
+    rate = SMALL_MODEL_ACTIVATION_BYTES_PER_S if weights < SMALL_MODEL_BYTES else CPU_ACTIVATION_BYTES_PER_S
+    longest = max(batch, cfg.chunk_seconds)  # padded seconds of the largest call
+    attention = ATTENTION_BYTES_PER_FRAME_SQUARED * (cfg.chunk_seconds * ENCODER_FRAMES_PER_S) ** 2
+    window = WINDOW_BATCHES * max(batch, DEFAULT_BATCH_SECONDS) * WAVEFORM_BYTES_PER_S  # as size_to_inputs sizes it
+    return weights + CPU_ACTOR_BASE_BYTES + max(rate * longest, attention) + window
 
 
 def resolve_resources(cfg: TranscribeConfig, cluster: dict[str, float], shape: NodeShape | None = None,
@@ -184,14 +213,14 @@ def resolve_resources(cfg: TranscribeConfig, cluster: dict[str, float], shape: N
 
 
 def batch_seconds_for(gpus_per_actor: float, checkpoint_bytes: int | None) -> float:
-    """Padded audio per model call: DEFAULT_BATCH_SECONDS, except CPU_SMALL_MODEL_BATCH_SECONDS for a small
-    model on CPU. Measured on this box, one thread, the same 1,024 sorted clips of ~3 s: the demo model (8 MB)
-    got through them fastest in batches of 32 (~100 s; 1,419 audio-s/s per two processes) and 15 % slower at 256
-    (~800 s): its activations fall out of the cache while its weights stay in it. Parakeet 0.6B's shape (2.4 GB)
-    goes the other way, RTFx 6.3 / 6.5 / 6.8 at 40 / 120 / 480 s, as big batches read the weights fewer times."""
-    if not gpus_per_actor and checkpoint_bytes is not None and checkpoint_bytes < SMALL_MODEL_BYTES:
-        return CPU_SMALL_MODEL_BATCH_SECONDS
-    return DEFAULT_BATCH_SECONDS
+    """Padded audio per model call: DEFAULT_BATCH_SECONDS on GPUs, CPU_BATCH_SECONDS on CPU. Measured on this box,
+    one thread: the demo model (8 MB) got through the same 1,024 sorted clips of ~3 s fastest in batches of
+    32-128 (~100-400 s) and 15-30 % slower at 256 (~800 s), as its activations fall out of the cache; Parakeet
+    0.6B's shape (2.4 GB) runs at RTFx 6.3 / 6.5 / 6.8 at 40 / 120 / 480 s, but a 600 s call holds 4.5 GB of
+    activations against 0.97 GB at 120 s (cpu_actor_bytes), which would halve the actors a node's memory holds.
+    `checkpoint_bytes` is kept for callers; the CPU rule no longer depends on it."""
+    del checkpoint_bytes
+    return DEFAULT_BATCH_SECONDS if gpus_per_actor else CPU_BATCH_SECONDS
 
 
 def worthwhile_actors(inputs: int, duration_s: float | None, window_rows: int) -> int:

@@ -5,8 +5,8 @@ import os
 import pyarrow as pa
 
 from pipeline.batching import DEFAULT_BATCH_SECONDS
-from pipeline.job import (CPU_ACTOR_OVERHEAD_BYTES, CPU_SMALL_MODEL_BATCH_SECONDS, MAX_WINDOW_ROWS, UNKNOWN_CHECKPOINT_BYTES, WINDOW_BATCHES,
-                          MIN_AUDIO_PER_ACTOR_S, NodeShape, TranscribeConfig, cpu_actors_per_node, decode_concurrency, describe_plan, node_shape,
+from pipeline.job import (CPU_BATCH_SECONDS, MAX_WINDOW_ROWS, WINDOW_BATCHES,
+                          MIN_AUDIO_PER_ACTOR_S, NodeShape, TranscribeConfig, cpu_actor_bytes, cpu_actors_per_node, decode_concurrency, describe_plan, node_shape,
                           resolve_resources, size_to_inputs, typical_duration, worthwhile_actors, balanced_window,
                           largest_divisor, MAX_BLOCK_ROWS)
 from tests.pipeline.conftest import AUDIO, CLIPS
@@ -50,9 +50,9 @@ def test_cpu_actors_are_one_per_core_as_far_as_memory_and_cpus_allow():
     cfg, GiB = TranscribeConfig("in", "out", "m"), 1024**3
     big = NodeShape(cores=16, cpus=16.0, memory=64 * GiB, nodes=3)
     assert cpu_actors_per_node(cfg, big, 8 * 1024**2) == 15  # 16 CPUs - the commits' 0.25
-    per_06b = 2.5 * GiB + CPU_ACTOR_OVERHEAD_BYTES
-    assert cpu_actors_per_node(cfg, big, int(2.5 * GiB)) == min(15, int(64 * GiB // per_06b))  # memory: 16 copies do not fit
-    assert cpu_actors_per_node(cfg, big, None) == int(64 * GiB // (UNKNOWN_CHECKPOINT_BYTES + CPU_ACTOR_OVERHEAD_BYTES))
+    per_06b = cpu_actor_bytes(cfg, int(2.5 * GiB))
+    assert cpu_actors_per_node(cfg, big, int(2.5 * GiB)) == int(64 * GiB // per_06b) == 11  # memory: 16 copies do not fit
+    assert cpu_actors_per_node(cfg, big, None) == int(64 * GiB // cpu_actor_bytes(cfg, None)) == 8
     assert cpu_actors_per_node(cfg, NodeShape(16, 16.0, 1 * GiB, 1), 8 * 1024**2) == 1  # never none
     assert cpu_actors_per_node(TranscribeConfig("in", "out", "m", cpus_per_actor=4), big, 0) == 3  # (16 - 0.25) // 4
     actors, _ = resolve_resources(cfg, {"CPU": 48.0}, big, 8 * 1024**2)
@@ -92,16 +92,32 @@ def test_each_stage_takes_whole_blocks_of_the_one_before():
     assert largest_divisor(700, 512) == 350 and largest_divisor(229, 32) == 1 and largest_divisor(5, 0) == 1
 
 
-def test_batches_are_short_for_a_small_model_on_cpu_only():
+def test_batches_are_short_on_cpu_and_long_on_gpus():
     default = TranscribeConfig("in", "out", "m")
     small, large = 8 * 1024**2, int(2.4 * 1024**3)
-    assert size_to_inputs(default, 3.0, 2, 0.0, 2, 1, small).batch_seconds == CPU_SMALL_MODEL_BATCH_SECONDS
-    for gpus, size in ((0.0, large), (0.0, None), (1.0, small)):
-        assert size_to_inputs(default, 3.0, 2, gpus, 2, 1, size).batch_seconds == DEFAULT_BATCH_SECONDS
+    for size in (small, large, None):
+        assert size_to_inputs(default, 3.0, 2, 0.0, 2, 1, size).batch_seconds == CPU_BATCH_SECONDS
+        assert size_to_inputs(default, 3.0, 2, 1.0, 2, 1, size).batch_seconds == DEFAULT_BATCH_SECONDS
     # the window is sorted over GPU-sized batches of audio either way
     wide = size_to_inputs(default, 6.0, 2, 0.0, 2, 1, small)
     assert WINDOW_BATCHES * DEFAULT_BATCH_SECONDS // 6 - wide.decode_rows < wide.window_rows <= WINDOW_BATCHES * DEFAULT_BATCH_SECONDS // 6
     assert size_to_inputs(TranscribeConfig("in", "out", "m", batch_seconds=30), 3.0, 1, 0.0, 2, 1, small).batch_seconds == 30
+
+
+def test_cpu_actor_memory_covers_the_measured_peaks():
+    # Peak RSS of one Transcriber on Parakeet 0.6B's shape (stored 2,353 MB), tests/perf/bench_actor_memory.py:
+    # 3,698 MB for a 120 s batch of 10 s clips, 5,156 MB for one 300 s chunk, 7,196 MB for a 600 s batch.
+    MB, stored = 1024**2, int(2353 * 1024**2)
+    at_defaults = TranscribeConfig("in", "out", "m")  # 120 s batches on CPU, 300 s chunks
+    assert cpu_actor_bytes(at_defaults, stored) >= 5156 * MB
+    assert cpu_actor_bytes(TranscribeConfig("in", "out", "m", batch_seconds=600.0), stored) >= 7196 * MB
+    assert cpu_actor_bytes(TranscribeConfig("in", "out", "m", chunk_seconds=60.0), stored) >= 3698 * MB
+    # the estimate follows the largest call: longer chunks or batches need more
+    assert cpu_actor_bytes(TranscribeConfig("in", "out", "m", chunk_seconds=600.0), stored) > cpu_actor_bytes(at_defaults, stored)
+    # a small model: its worker, and one long chunk's attention (the tiny preset peaked at 426 MB for 40 s of
+    # 5 s clips and at 1,538 MB for one 300 s chunk)
+    assert 1538 * MB <= cpu_actor_bytes(at_defaults, 8 * MB) < 3 * 1024**3
+    assert cpu_actor_bytes(TranscribeConfig("in", "out", "m", chunk_seconds=60.0), 8 * MB) < 1024**3
 
 
 def test_typical_duration_reads_headers_only():

@@ -1,0 +1,141 @@
+"""What one CPU Transcriber actor holds at its peak, against what the planner reserves for it (job.cpu_actor_bytes).
+
+    python tests/perf/bench_actor_memory.py [--preset parakeet-tdt-0.6b-v3] [--windows 12x10,60x10,1x300] [--batch-seconds S]
+
+A random-weight model of the preset's shape (the demo model's tokenizer, so it writes text; memory and compute are
+the encoder's) is saved as a folder, as a job would load it. A child process on the CLI's allocator (tcmalloc) then
+does what an actor does: builds a `Transcriber` (one torch thread, the CPU batch size the planner gives a model of
+that size, or --batch-seconds), transcribes one window of synthetic clips (`--windows`: CLIPSxSECONDS each, a child
+process apiece), passed as the decode stage's Arrow table, and reports:
+  - the process's RSS before the model is loaded (Python, torch, pyarrow, Ray, the pipeline modules), after loading it,
+    and its peak while transcribing (VmHWM);
+  - the peak besides the checkpoint's stored size, with the audio of a full default window beyond the one measured
+    (8 x max(batch, 600 s) of float32 waveforms, as the planner sizes windows, held once by the decode table), and
+    that peak over what the planner
+    reserves an actor (pipeline/job.py: cpu_actor_bytes; it must stay under 1).
+A window of one batch keeps the run short (one 600 s batch of the 0.6B shape takes two minutes on one thread); the
+activations of a call are one batch's, whatever the window. A single clip longer than the batch is one call of its
+own (up to --chunk-seconds, 300 s by default): `1x300` measures that.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+def status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def child(folder: str, clips: int, seconds: float, batch_seconds: float) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from jobs.bench import synthetic_audio
+
+    base_mb = status_mb("VmRSS")
+    import ray.data  # an actor is a Ray worker: Ray and Ray Data are loaded there too
+
+    del ray
+
+    from pipeline.transcriber import Transcriber
+
+    imported_mb = status_mb("VmRSS")
+    tr = Transcriber(folder, batch_seconds=batch_seconds, num_threads=1)
+    loaded_mb = status_mb("VmRSS")
+    waves = [synthetic_audio(seconds, seed=i).astype(np.float32) for i in range(clips)]
+    offsets = np.zeros(clips + 1, np.int64)
+    np.cumsum([len(w) for w in waves], out=offsets[1:])
+    table = pa.table({  # what decode_batch hands the actor
+        "audio_uri": pa.array([f"clip{i}.wav" for i in range(clips)]),
+        "waveform": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(waves))),
+        "sample_rate": pa.array([16000] * clips, pa.int32()),
+        "error": pa.nulls(clips, pa.string()), "error_kind": pa.nulls(clips, pa.string()),
+    })
+    del waves
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := the current RSS: loading's own peak does not count
+    window_mb = status_mb("VmRSS")
+    t0 = time.perf_counter()
+    out = tr(table)
+    wall = time.perf_counter() - t0
+    print(json.dumps({"rss_at_start_mb": base_mb, "rss_imported_mb": imported_mb, "rss_loaded_mb": loaded_mb,
+                      "rss_with_window_mb": window_mb, "peak_mb": status_mb("VmHWM"), "wall_s": wall,
+                      "rows": out.num_rows, "tokens": sum(len(t or []) for t in out.column("tokens").to_pylist())}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="parakeet-tdt-0.6b-v3")
+    ap.add_argument("--windows", default="60x10",
+                    help="windows to measure, each CLIPSxSECONDS, comma-separated (one child process each), e.g. 12x10,60x10,1x300")
+    ap.add_argument("--batch-seconds", type=float, default=None,
+                    help="padded audio per model call (default: what the planner gives a model of this size on CPU)")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--clips", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--seconds", type=float, default=1.0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.clips, args.seconds, args.batch_seconds)
+
+    import model
+    from jobs.allocator import find_tcmalloc
+    from jobs.bench import _with_demo_tokenizer
+    from model.checkpoint import checkpoint_bytes
+    from pipeline.batching import DEFAULT_BATCH_SECONDS
+    from pipeline.job import WINDOW_BATCHES, TranscribeConfig, batch_seconds_for, cpu_actor_bytes
+
+    windows = [(int(c), float(x)) for c, x in (w.split("x") for w in args.windows.split(","))]
+    mb = 1024**2
+    env = dict(os.environ)
+    lib = find_tcmalloc()
+    if lib:
+        env["LD_PRELOAD"] = lib
+    results = []
+    with tempfile.TemporaryDirectory(prefix="actor-memory-") as tmp:
+        m = _with_demo_tokenizer(argparse.Namespace(preset=args.preset, precision="fp32"))
+        folder = str(model.save(m, Path(tmp) / "model"))
+        del m
+        stored = checkpoint_bytes(folder)
+        batch_s = args.batch_seconds or batch_seconds_for(0, stored)
+        cfg = TranscribeConfig("in", "out", folder, batch_seconds=batch_s)
+        planned = cpu_actor_bytes(cfg, stored) / mb
+        print(f"{args.preset} (random weights), stored {stored / mb:.0f} MB; batches of <= {batch_s:g} s; one torch "
+              f"thread; {'tcmalloc' if lib else 'glibc malloc'}; the planner reserves {planned:.0f} MB an actor "
+              f"(chunks of <= {cfg.chunk_seconds:g} s)", flush=True)
+        for clips, seconds in windows:
+            proc = subprocess.run([sys.executable, __file__, "--child", folder, "--clips", str(clips), "--seconds",
+                                   str(seconds), "--batch-seconds", str(batch_s)], env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"child failed: {proc.stderr[-3000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            padded = max(min(batch_s, clips * seconds), seconds)  # the largest model call's padded audio
+            # a full default window's waveforms beyond those measured
+            extra_audio_mb = max(0.0, WINDOW_BATCHES * max(batch_s, DEFAULT_BATCH_SECONDS) - clips * seconds) * 16000 * 4 / mb
+            over = r["peak_mb"] - stored / mb
+            print(f"  {clips} x {seconds:g} s ({padded:g} s padded per call, {r['wall_s']:.1f} s): RSS at start "
+                  f"{r['rss_at_start_mb']:.0f} MB, modules imported {r['rss_imported_mb']:.0f}, model loaded "
+                  f"{r['rss_loaded_mb']:.0f}, with the window's table {r['rss_with_window_mb']:.0f}, peak {r['peak_mb']:.0f}"
+                  f" -> {over:.0f} MB besides the checkpoint ({over + extra_audio_mb:.0f} with a full window's audio); "
+                  f"peak / reserved {(r['peak_mb'] + extra_audio_mb) / planned:.2f}", flush=True)
+            results.append({**r, "clips": clips, "seconds": seconds, "padded_s": padded, "over_checkpoint_mb": over,
+                            "with_full_window_mb": over + extra_audio_mb})
+    print(json.dumps({"preset": args.preset, "stored_mb": stored / mb, "batch_seconds": batch_s,
+                      "reserved_mb": planned, "windows": results}))
+
+
+if __name__ == "__main__":
+    main()
