@@ -30,14 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-
-
-def status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+from jobs.bench import _status_mb as status_mb  # noqa: E402  (the figure `parakeet-ray bench --long` reports)
 
 
 def child(folder: str, clips: int, seconds: float, batch_seconds: float) -> None:
