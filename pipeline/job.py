@@ -166,8 +166,8 @@ def node_shape() -> NodeShape:
 
 def cpu_actors_per_node(cfg: TranscribeConfig, shape: NodeShape, checkpoint_bytes: int | None) -> int:
     """Model actors a CPU node runs: one single-thread actor per core, as far as the node's memory holds a copy
-    of the model for each with its worker, activations and audio (cpu_actor_bytes) and its logical CPUs leave room for the commits (single-thread actors decode their own inputs:
-    decode_concurrency).
+    of the model for each with its worker, activations and audio (cpu_actor_bytes) and its logical CPUs leave
+    room for the commits (single-thread actors decode their own inputs: decode_concurrency).
 
     Measured on this 2-core box (tests/perf/bench_job.py, the same files): two single-thread processes get
     through 1,530 audio-s/s of the demo model where one with 2 threads gets 1,310, and RTFx 12.7 against 11.6
@@ -187,12 +187,11 @@ def cpu_actor_bytes(cfg: TranscribeConfig, checkpoint_bytes: int | None) -> floa
     whichever is larger: they are not alive at once. Parakeet 0.6B at the defaults (120 s batches, 300 s chunks):
     2.4 + 0.5 + 2.4 + 0.3 = 5.6 GB."""
     weights = checkpoint_bytes or UNKNOWN_CHECKPOINT_BYTES
-    batch = cfg.batch_seconds or batch_seconds_for(0.0, checkpoint_bytes)
+    batch = cfg.batch_seconds or batch_seconds_for(0.0)
     rate = SMALL_MODEL_ACTIVATION_BYTES_PER_S if weights < SMALL_MODEL_BYTES else CPU_ACTIVATION_BYTES_PER_S
     longest = max(batch, cfg.chunk_seconds)  # padded seconds of the largest call
     attention = ATTENTION_BYTES_PER_FRAME_SQUARED * (cfg.chunk_seconds * ENCODER_FRAMES_PER_S) ** 2
-    window = WINDOW_BATCHES * max(batch, DEFAULT_BATCH_SECONDS) * WAVEFORM_BYTES_PER_S  # as size_to_inputs sizes it
-    return weights + CPU_ACTOR_BASE_BYTES + max(rate * longest, attention) + window
+    return weights + CPU_ACTOR_BASE_BYTES + max(rate * longest, attention) + window_seconds(batch) * WAVEFORM_BYTES_PER_S
 
 
 def resolve_resources(cfg: TranscribeConfig, cluster: dict[str, float], shape: NodeShape | None = None,
@@ -212,15 +211,19 @@ def resolve_resources(cfg: TranscribeConfig, cluster: dict[str, float], shape: N
     return shape.nodes * cpu_actors_per_node(cfg, shape, checkpoint_bytes), per_actor
 
 
-def batch_seconds_for(gpus_per_actor: float, checkpoint_bytes: int | None) -> float:
+def batch_seconds_for(gpus_per_actor: float) -> float:
     """Padded audio per model call: DEFAULT_BATCH_SECONDS on GPUs, CPU_BATCH_SECONDS on CPU. Measured on this box,
     one thread: the demo model (8 MB) got through the same 1,024 sorted clips of ~3 s fastest in batches of
     32-128 (~100-400 s) and 15-30 % slower at 256 (~800 s), as its activations fall out of the cache; Parakeet
     0.6B's shape (2.4 GB) runs at RTFx 6.3 / 6.5 / 6.8 at 40 / 120 / 480 s, but a 600 s call holds 4.5 GB of
-    activations against 0.97 GB at 120 s (cpu_actor_bytes), which would halve the actors a node's memory holds.
-    `checkpoint_bytes` is kept for callers; the CPU rule no longer depends on it."""
-    del checkpoint_bytes
+    activations against 0.97 GB at 120 s (cpu_actor_bytes), which would halve the actors a node's memory holds."""
     return DEFAULT_BATCH_SECONDS if gpus_per_actor else CPU_BATCH_SECONDS
+
+
+def window_seconds(batch_seconds: float | None) -> float:
+    """Audio per actor call when --window-rows is not given: WINDOW_BATCHES batches, of at least
+    DEFAULT_BATCH_SECONDS each (sorted over, so padding stays low; short CPU batches do not shrink the window)."""
+    return WINDOW_BATCHES * max(batch_seconds or DEFAULT_BATCH_SECONDS, DEFAULT_BATCH_SECONDS)
 
 
 def worthwhile_actors(inputs: int, duration_s: float | None, window_rows: int) -> int:
@@ -295,14 +298,14 @@ def typical_duration(cfg: TranscribeConfig, inputs: pa.Array) -> float | None:
 
 
 def size_to_inputs(cfg: TranscribeConfig, duration_s: float | None, actors: int, gpus_per_actor: float,
-                   node_cores: int, nodes: int = 1, checkpoint_bytes: int | None = None) -> TranscribeConfig:
+                   node_cores: int, nodes: int = 1) -> TranscribeConfig:
     """`cfg` with the automatic sizes filled in (given values are kept):
     - window_rows: WINDOW_BATCHES x batch_seconds (at least DEFAULT_BATCH_SECONDS) of audio per actor call, so
       short clips fill GPU batches and long files stay few (memory: about that much audio per actor);
     - decode_rows: about DECODE_TASK_SECONDS of audio per decode task (one input when files are long);
     - threads_per_actor (CPU actors): the node's cores shared by the actors placed on it;
     - decode_tasks: decode_concurrency;
-    - batch_seconds: batch_seconds_for (`checkpoint_bytes`: the model's stored size, None: unknown)."""
+    - batch_seconds: batch_seconds_for."""
     changes = {}
     # Each stage's batches are whole blocks of the one before (listing block | decode task | window): Ray Data
     # cuts a task's bundle into batch_size pieces, so a window of 750 over 512-row decode blocks became calls of
@@ -317,7 +320,7 @@ def size_to_inputs(cfg: TranscribeConfig, duration_s: float | None, actors: int,
             decode_rows = rows // MAX_BLOCK_ROWS * MAX_BLOCK_ROWS if rows >= MAX_BLOCK_ROWS else rows
         changes["decode_rows"] = decode_rows
     if cfg.window_rows is None:
-        window_s = WINDOW_BATCHES * max(cfg.batch_seconds or DEFAULT_BATCH_SECONDS, DEFAULT_BATCH_SECONDS)
+        window_s = window_seconds(cfg.batch_seconds)
         rows = DEFAULT_WINDOW_ROWS if not duration_s else round(window_s / duration_s)
         rows = max(1, min(MAX_WINDOW_ROWS, rows))
         changes["window_rows"] = decode_rows * max(1, rows // decode_rows)  # whole decode tasks
@@ -329,7 +332,7 @@ def size_to_inputs(cfg: TranscribeConfig, duration_s: float | None, actors: int,
         changes["decode_tasks"] = decode_concurrency(dataclasses.replace(cfg, threads_per_actor=threads), actors,
                                                      gpus_per_actor, nodes)
     if cfg.batch_seconds is None:
-        changes["batch_seconds"] = batch_seconds_for(gpus_per_actor, checkpoint_bytes)
+        changes["batch_seconds"] = batch_seconds_for(gpus_per_actor)
     return dataclasses.replace(cfg, **changes)
 
 
@@ -442,14 +445,14 @@ def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Tra
     if len(plan.inputs):
         cluster, shape = ray.cluster_resources(), node_shape()
         on_cpu = not (cfg.gpus_per_actor or (cfg.gpus_per_actor is None and cluster.get("GPU", 0) > 0))
-        size = checkpoint_bytes(cfg.model_uri) if on_cpu and (cfg.actors is None or cfg.batch_seconds is None) else None
+        size = checkpoint_bytes(cfg.model_uri) if on_cpu and cfg.actors is None else None  # for cpu_actors_per_node
         actors, gpus_per_actor = resolve_resources(cfg, cluster, shape, size)
         duration = typical_duration(cfg, plan.inputs)
-        sized = size_to_inputs(cfg, duration, actors, gpus_per_actor, shape.cores, shape.nodes, size)
+        sized = size_to_inputs(cfg, duration, actors, gpus_per_actor, shape.cores, shape.nodes)
         useful = worthwhile_actors(len(plan.inputs), duration, sized.window_rows)
         if cfg.actors is None and actors > useful:
             actors = useful
-            sized = size_to_inputs(cfg, duration, actors, gpus_per_actor, shape.cores, shape.nodes, size)
+            sized = size_to_inputs(cfg, duration, actors, gpus_per_actor, shape.cores, shape.nodes)
         if cfg.window_rows is None:
             window = balanced_window(len(plan.inputs), sized.window_rows, sized.decode_rows, actors)
             sized = dataclasses.replace(sized, window_rows=window)

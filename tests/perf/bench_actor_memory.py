@@ -88,8 +88,7 @@ def main() -> None:
     from jobs.allocator import find_tcmalloc
     from jobs.bench import _with_demo_tokenizer
     from model.checkpoint import checkpoint_bytes
-    from pipeline.batching import DEFAULT_BATCH_SECONDS
-    from pipeline.job import WINDOW_BATCHES, TranscribeConfig, batch_seconds_for, cpu_actor_bytes
+    from pipeline.job import TranscribeConfig, batch_seconds_for, cpu_actor_bytes, window_seconds
 
     windows = [(int(c), float(x)) for c, x in (w.split("x") for w in args.windows.split(","))]
     mb = 1024**2
@@ -103,7 +102,7 @@ def main() -> None:
         folder = str(model.save(m, Path(tmp) / "model"))
         del m
         stored = checkpoint_bytes(folder)
-        batch_s = args.batch_seconds or batch_seconds_for(0, stored)
+        batch_s = args.batch_seconds or batch_seconds_for(0)
         cfg = TranscribeConfig("in", "out", folder, batch_seconds=batch_s)
         planned = cpu_actor_bytes(cfg, stored) / mb
         print(f"{args.preset} (random weights), stored {stored / mb:.0f} MB; batches of <= {batch_s:g} s; one torch "
@@ -117,7 +116,7 @@ def main() -> None:
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             padded = max(min(batch_s, clips * seconds), seconds)  # the largest model call's padded audio
             # a full default window's waveforms beyond those measured
-            extra_audio_mb = max(0.0, WINDOW_BATCHES * max(batch_s, DEFAULT_BATCH_SECONDS) - clips * seconds) * 16000 * 4 / mb
+            extra_audio_mb = max(0.0, window_seconds(batch_s) - clips * seconds) * 16000 * 4 / mb
             over = r["peak_mb"] - stored / mb
             print(f"  {clips} x {seconds:g} s ({padded:g} s padded per call, {r['wall_s']:.1f} s): RSS at start "
                   f"{r['rss_at_start_mb']:.0f} MB, modules imported {r['rss_imported_mb']:.0f}, model loaded "
