@@ -15,6 +15,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -186,6 +187,8 @@ def _typed(columns: dict[str, list | pa.ChunkedArray | pa.Array], n: int, uri: s
                 out[name] = values.cast(kind)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
                 raise InputError(f"manifest {uri}: column '{name}' is not {kind}: {e}") from e
+        if pa.types.is_floating(kind):  # NaN (a CSV or Parquet manifest's missing value) is unknown, as null is
+            out[name] = pc.if_else(pc.is_nan(out[name]), None, out[name])
     return pa.table(out)
 
 
@@ -211,17 +214,12 @@ def _csv_tables(f, uri: str, fields: tuple[str, ...]) -> Iterator[pa.Table]:
     f.seek(0)
     keys = _chosen_keys(header, uri, fields)
     wanted = sorted({k for k in keys.values() if k is not None})
-    # Only our columns are parsed, as strings: a streaming reader infers each column's type from its first block.
-    convert = pa_csv.ConvertOptions(include_columns=wanted, column_types={k: pa.string() for k in wanted})
+    # Only our columns are parsed, with their types given: a streaming reader infers a column's type from its
+    # first block (empty cells are nulls either way).
+    types = {key: MANIFEST_FIELDS[name][1] for name, key in keys.items() if key is not None}
+    convert = pa_csv.ConvertOptions(include_columns=wanted, column_types=types)
     for batch in pa_csv.open_csv(f, read_options=pa_csv.ReadOptions(block_size=1 << 22), convert_options=convert):
-        yield _typed({name: _csv_column(batch.column(key), name) if key else None for name, key in keys.items()},
-                     batch.num_rows, uri)
-
-
-def _csv_column(values: pa.Array, name: str) -> pa.Array | list:
-    if MANIFEST_FIELDS[name][1] == pa.string():
-        return values
-    return values.to_pylist()  # numbers: empty cells are nulls (_from_python)
+        yield _typed({name: batch.column(key) if key else None for name, key in keys.items()}, batch.num_rows, uri)
 
 
 def _json_tables(f, uri: str, fields: tuple[str, ...], batch_rows: int) -> Iterator[pa.Table]:

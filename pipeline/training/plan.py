@@ -25,7 +25,6 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.batching import plan_batches
@@ -76,9 +75,7 @@ def _hidden(path: str, root: str) -> bool:
 def iter_manifest(uri: str, storage_options: dict[str, Any] | None = None, batch_rows: int = 65_536) -> Iterator[pa.Table]:
     """One manifest file as tables of at most `batch_rows` rows, columns audio_uri, text, duration_s
     (NeMo's audio_filepath / duration accepted), relative audio paths resolved against the manifest's folder."""
-    for table in iter_manifest_tables(uri, ("audio_uri", "text", "duration_s"), storage_options, batch_rows):
-        # NaN durations (a CSV or Parquet manifest's missing value) are unknown, as nulls are
-        yield table.set_column(2, "duration_s", pc.if_else(pc.is_nan(table.column(2)), None, table.column(2)))
+    yield from iter_manifest_tables(uri, ("audio_uri", "text", "duration_s"), storage_options, batch_rows)
 
 
 def _mark(table: pa.Table, first_uid: int, cfg: TrainConfig) -> pa.Table:
