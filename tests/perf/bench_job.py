@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from pipeline.transcriber import MODEL_THREAD_NAME  # noqa: E402
 from tests.perf.bench_pipeline import SIZES  # noqa: E402
 AUDIO = ROOT / "tests" / "data" / "audio"
 DEMO = ROOT / "model" / "pretrained" / "parakeet-tdt-demo"
@@ -128,13 +129,26 @@ def _bare(listing: str, model_uri: str, batches: list[int], shard: str, threads:
         print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
 
 
-def run_job(folder: Path, out: Path, model_uri: str | None) -> dict:
+def run_job(folder: Path, out: Path, model_uri: str | None, sample_cpu: bool = False) -> dict:
+    """One `parakeet-ray transcribe` run; with `sample_cpu`, every thread's CPU time on the machine is also read
+    every CPU_SAMPLE_S while it runs, for the steady-state breakdown (cpu_breakdown)."""
     cmd = ["parakeet-ray", "transcribe", str(folder), str(out)] + (["--model", model_uri] if model_uri else [])
-    t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    t_end = time.time()
+    snapshots = []
+    with tempfile.TemporaryFile("w+") as err:
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        while proc.poll() is None:
+            if sample_cpu:
+                snapshots.append((time.time(), thread_ticks(proc.pid)))
+            try:
+                proc.wait(CPU_SAMPLE_S if sample_cpu else None)
+            except subprocess.TimeoutExpired:
+                pass
+        t_end = time.time()
+        err.seek(0)
+        stderr = err.read()
     if proc.returncode != 0:
-        raise SystemExit(f"job failed: {proc.stderr[-3000:]}")
+        raise SystemExit(f"job failed: {stderr[-3000:]}")
     summary = json.loads((out / "_summary.json").read_text())
     files = sorted((out / "transcripts").glob("*.parquet"))
     commits = sorted((p.stat().st_mtime, pq.read_table(p, columns=["duration_s"]).column("duration_s").to_pylist())
@@ -146,7 +160,7 @@ def run_job(folder: Path, out: Path, model_uri: str | None) -> dict:
         t = pq.read_table(p, columns=["processed_at", "duration_s"])
         for at, d in zip(t.column("processed_at").to_pylist(), t.column("duration_s").to_pylist()):
             calls[at] = calls.get(at, 0.0) + (d or 0.0)
-    plan = next((line for line in proc.stderr.splitlines() if line.startswith("plan:")), "")
+    plan = next((line for line in stderr.splitlines() if line.startswith("plan:")), "")
     actors = int(re.match(r"plan: (\d+) model actor", plan).group(1)) if plan else 1
     starts = sorted(calls)
     # The first round of calls (one an actor) also waits for start-up, the last round has no successor. Between the
@@ -162,7 +176,64 @@ def run_job(folder: Path, out: Path, model_uri: str | None) -> dict:
     return {"wall_s": t_end - t0, "audio_s": summary["audio_seconds"], "files": summary["files"], "commits": len(commits),
             "to_job_start_s": job_start - t0, "to_first_commit_s": first - job_start, "steady_s": last - first,
             "after_last_commit_s": t_end - last, "steady_audio_s": after_first, "plan": plan,
-            "calls": len(starts), "actors": actors, "calls_rate": calls_rate}
+            "calls": len(starts), "actors": actors, "calls_rate": calls_rate,
+            "cpu": cpu_breakdown(snapshots, first, last) if sample_cpu else None}
+
+
+# ---- where the CPU goes in steady state ------------------------------------------------------------------------
+CPU_SAMPLE_S = 2.0
+ROLES = {
+    "model": "the model actors' model threads (torch)",
+    "actor": "the model actors' other threads (decoding each window, Ray Data's task)",
+    "driver": "the driver (Ray Data's executor loop, progress)",
+    "commit": "commit workers (Parquet writes; idle between them)",
+    "helpers": "Ray Data's helper actors (stats, autoscaling, actor locations)",
+    "services": "Ray's services (raylet, GCS, dashboard and runtime-env agents, log monitor)",
+    "other": "everything else (kernel threads, this bench, the VM)",
+}
+
+
+def thread_ticks(driver_pid: int) -> dict:
+    """{(pid, tid): (role, CPU ticks so far)} of every thread on the machine (Linux /proc)."""
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+                out[(int(pid), int(tid))] = (_role(int(pid), cmd, comm, driver_pid), int(fields[11]) + int(fields[12]))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # ended while being read
+    return out
+
+
+def _role(pid: int, cmd: str, comm: str, driver_pid: int) -> str:
+    if "Transcriber" in cmd:  # ray::MapWorker(MapBatches(decode_batch)->MapBatches(Transcriber)) and the like
+        return "model" if comm == MODEL_THREAD_NAME else "actor"
+    if pid == driver_pid:
+        return "driver"
+    if cmd.startswith("ray::IDLE") or "commit_batch" in cmd:
+        return "commit"
+    if cmd.startswith("ray::") and "Agent" not in cmd:
+        return "helpers"
+    if "/ray/" in cmd or cmd.startswith("ray::"):
+        return "services"
+    return "other"
+
+
+def cpu_breakdown(snapshots: list, first_commit: float, last_commit: float) -> dict | None:
+    """Core-seconds by role between the first snapshot after the first commit and the last one before the last
+    commit (the steady state: every actor loaded and busy), and the cores the machine had in that time."""
+    inner = [(t, s) for t, s in snapshots if first_commit <= t <= last_commit]
+    if len(inner) < 2:
+        return None
+    (ta, a), (tb, b) = inner[0], inner[-1]
+    hz = os.sysconf("SC_CLK_TCK")
+    by_role = dict.fromkeys(ROLES, 0.0)
+    for key, (role, ticks) in b.items():
+        by_role[role] += (ticks - a.get(key, (role, 0))[1]) / hz
+    return {"seconds": tb - ta, "cores": os.cpu_count() or 1, "core_s": by_role}
 
 
 def main() -> None:
@@ -197,7 +268,7 @@ def main() -> None:
         before = model_best(args.model or str(DEMO), paths, batches)
         job = run_job(work / "in", work / "out", args.model)
         half = run_job(work / "in1", work / "out1", args.model)
-        double = run_job(work / "in2", work / "out2", args.model)
+        double = run_job(work / "in2", work / "out2", args.model, sample_cpu=sys.platform.startswith("linux"))
         after = model_best(args.model or str(DEMO), paths, batches)
         mb = averaged(before, after)
     finally:
@@ -228,6 +299,20 @@ def main() -> None:
               f"{double['calls'] - 2 * double['actors']} of {double['calls']} calls, start to start, decoding and commits "
               f"running alongside): {double['calls_rate']:.0f} "
               f"audio-s/s -> {double['calls_rate'] / best:.2f}x   goal: >= 0.9x")
+    if double["cpu"]:
+        cpu = double["cpu"]
+        available = cpu["seconds"] * cpu["cores"]
+        print(f"where the CPU went in steady state ({args.scale * args.files} files, {cpu['seconds']:.0f} s between the "
+              f"first and last commits, {available:.0f} core-s on {cpu['cores']} cores):")
+        for role, used in cpu["core_s"].items():
+            print(f"  {used:6.1f} core-s {used / available:6.1%}  {ROLES[role]}")
+        idle = available - sum(cpu["core_s"].values())
+        print(f"  {idle:6.1f} core-s {idle / available:6.1%}  idle")
+        if double["calls_rate"]:
+            share = cpu["core_s"]["model"] / available
+            print(f"  the model threads' share bounds the job at {share:.2f}x; the calls reach {double['calls_rate'] / best:.2f}x, "
+                  f"so per core-second the model runs at {double['calls_rate'] / best / share:.2f}x its speed in the "
+                  f"reference")
     print(f"where the job's time went: process start -> job start {job['to_job_start_s']:.1f} s, job start -> first commit "
           f"{job['to_first_commit_s']:.1f} s, first -> last commit (steady) {job['steady_s']:.1f} s over {job['commits']} commits, "
           f"last commit -> exit {job['after_last_commit_s']:.1f} s; fixed cost implied by the two runs {fixed:.1f} s")

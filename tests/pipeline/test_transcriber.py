@@ -1,4 +1,5 @@
 """The Transcriber on plain dict batches, without Ray, against the bare model."""
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,13 @@ def test_bf16_transcriber_keeps_an_exact_front_end_and_the_same_texts():
     assert [r["text"] for r in rows] == [r.text for r in ref]
     for row, r in zip(rows, ref):
         assert [x["start_s"] for x in row["tokens"]] == pytest.approx([x.start for x in r.tokens], abs=0.081)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="names threads through Linux's prctl")
+def test_the_model_thread_is_named_in_the_os(model_dir):
+    from pipeline.transcriber import MODEL_THREAD_NAME
+
+    t = Transcriber(str(model_dir), num_threads=1)
+    names = {p.name: (p / "comm").read_text().strip() for p in Path("/proc/self/task").iterdir()}
+    assert names[str(t._torch_thread.submit(threading.get_native_id).result())] == MODEL_THREAD_NAME
+    assert names[str(threading.get_native_id())] != MODEL_THREAD_NAME  # the caller's thread keeps its name
