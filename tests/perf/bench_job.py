@@ -199,12 +199,16 @@ def thread_ticks(driver_pid: int) -> dict:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-                comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-                out[(int(pid), int(tid))] = (_role(int(pid), cmd, comm, driver_pid), int(fields[11]) + int(fields[12]))
+            tids = os.listdir(f"/proc/{pid}/task")
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue  # ended while being read
+        for tid in tids:
+            try:
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue  # this thread ended while being read; its process's others are still read
+            comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+            out[(int(pid), int(tid))] = (_role(int(pid), cmd, comm, driver_pid), int(fields[11]) + int(fields[12]))
     return out
 
 
@@ -316,7 +320,7 @@ def main() -> None:
     print(f"where the job's time went: process start -> job start {job['to_job_start_s']:.1f} s, job start -> first commit "
           f"{job['to_first_commit_s']:.1f} s, first -> last commit (steady) {job['steady_s']:.1f} s over {job['commits']} commits, "
           f"last commit -> exit {job['after_last_commit_s']:.1f} s; fixed cost implied by the two runs {fixed:.1f} s")
-    print(json.dumps({**job, "half_wall_s": half["wall_s"], "double_wall_s": double["wall_s"], "fixed_s": fixed, "model_best_s": best_s, "model_best_layout": [mb["processes"], mb["threads"], mb["batch"]], "model_best_audio_s_per_s": best, "ratio_with_startup": whole / best,
+    print(json.dumps({**job, "cpu_steady": double["cpu"], "half_wall_s": half["wall_s"], "double_wall_s": double["wall_s"], "fixed_s": fixed, "model_best_s": best_s, "model_best_layout": [mb["processes"], mb["threads"], mb["batch"]], "model_best_audio_s_per_s": best, "ratio_with_startup": whole / best,
                       "ratio_steady": steady / best,
                       "ratio_steady_calls": (double["calls_rate"] or 0) / best}))
 
