@@ -228,7 +228,9 @@ def _role(pid: int, cmd: str, comm: str, driver_pid: int) -> str:
 
 def cpu_breakdown(snapshots: list, first_commit: float, last_commit: float) -> dict | None:
     """Core-seconds by role between the first snapshot after the first commit and the last one before the last
-    commit (the steady state: every actor loaded and busy), and the cores the machine had in that time."""
+    commit (the steady state: every actor loaded and busy), and the cores the machine had in that time. A thread
+    that started in between counts from its start; one that ended in between is not in the last snapshot, so its
+    time shows as idle (Ray's worker threads live as long as their process, which outlives the window)."""
     inner = [(t, s) for t, s in snapshots if first_commit <= t <= last_commit]
     if len(inner) < 2:
         return None
