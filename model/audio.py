@@ -223,27 +223,62 @@ def _wav_layout(head: bytes) -> WavLayout | None:
     return None
 
 
+PCM16_BLOCK_BYTES = 1 << 16  # PCM read and converted at a time: its buffers stay in the cache, below malloc's mmap threshold (128 KB: 0.3 ms against 0.75 ms at 256 KB for 3 s of stereo)
+MAX_INT_DOWNMIX_CHANNELS = 256  # below this an integer channel sum is exact in float32 (256 * 32768 = 2**23)
+
+
 def _read_pcm16(f: BinaryIO, layout: WavLayout) -> tuple[np.ndarray, int] | None:
     """A 16-bit PCM WAV's samples as mono float32, equal to libsndfile's float read (x / 32768, then the channel
-    mean of `_mono`), from the declared `data` chunk, BLOCK_FRAMES at a time; about 6x faster than libsndfile for
-    a 3 s clip (its float conversion and per-file setup). None when the file holds less than the header declares:
-    libsndfile then reads what there is and the truncation is reported as for any other file."""
+    mean of `_mono`), from the declared `data` chunk; about 6x faster than libsndfile for a 3 s clip (its float
+    conversion and per-file setup). None when the file holds less than the header declares: libsndfile then
+    reads what there is and the truncation is reported as for any other file.
+
+    Several channels are summed as integers, then scaled and divided: every partial sum of `_mono`'s float32
+    channel sums is an integer times 2**-15 below 2**24 of them, so exact, and the results are bit-equal, without
+    a float copy of every channel (44.1 kHz stereo: 0.25 ms for 3 s against 1.4 ms)."""
     frames, channels = layout.frames, layout.channels
     out = np.empty(frames, np.float32)
     f.seek(layout.data_offset)
+    block = max(1, min(frames, PCM16_BLOCK_BYTES // layout.block_align))
+    pcm = np.empty(block * channels, "<i2")
+    total = np.empty(block, np.int32) if 1 < channels < MAX_INT_DOWNMIX_CHANNELS else None
     done = 0
     while done < frames:
-        n = min(BLOCK_FRAMES, frames - done)
-        raw = f.read(n * layout.block_align)
-        if len(raw) < n * layout.block_align:
+        n = min(block, frames - done)
+        raw = pcm[: n * channels]
+        if not _read_into(f, raw):
             return None
-        pcm = np.frombuffer(raw, dtype="<i2")
+        dest = out[done : done + n]
         if channels == 1:
-            np.multiply(pcm, PCM16_SCALE, out=out[done : done + n])
+            np.multiply(raw, PCM16_SCALE, out=dest)
+        elif total is not None:
+            frame, acc = raw.reshape(n, channels), total[:n]
+            np.add(frame[:, 0], frame[:, 1], out=acc, dtype=np.int32)
+            for c in range(2, channels):
+                np.add(acc, frame[:, c], out=acc)
+            np.multiply(acc, PCM16_SCALE, out=dest, dtype=np.float32)
+            dest /= np.float32(channels)
         else:
-            out[done : done + n] = _mono(pcm.reshape(n, channels) * PCM16_SCALE)
+            dest[:] = _mono(raw.reshape(n, channels) * PCM16_SCALE)
         done += n
     return out, layout.rate
+
+
+def _read_into(f: BinaryIO, array: np.ndarray) -> bool:
+    """Fill `array` from `f`; False if the file ends first."""
+    view, got = memoryview(array).cast("B"), 0
+    readinto = getattr(f, "readinto", None)
+    while got < len(view):
+        if readinto is not None:
+            n = readinto(view[got:])
+        else:  # a file object without readinto
+            chunk = f.read(len(view) - got)
+            n = len(chunk)
+            view[got : got + n] = chunk
+        if not n:
+            return False
+        got += n
+    return True
 
 
 # ---- FFmpeg (PyAV) -----------------------------------------------------------------------------------
