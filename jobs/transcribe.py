@@ -206,7 +206,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         cfg = build_config(args)
         try:  # the model is resolved and its config read before Ray starts (local, fsspec URI or hub id)
-            model.inspect(cfg.model_uri)
+            model_config = model.inspect(cfg.model_uri)
         except (model.CheckpointError, model.ConfigError) as e:
             raise UsageError(f"--model: {e}") from e
         if args.lease_timeout <= 0:
@@ -222,7 +222,7 @@ def run_command(args: argparse.Namespace) -> int:
 
                 DataContext.get_current().enable_progress_bars = False  # our one-line bar replaces Ray's bars
                 try:
-                    summary = run(cfg, plan, lease=lease)
+                    summary = run(cfg, plan, lease=lease, model_config=model_config)
                 finally:
                     if started:
                         import ray

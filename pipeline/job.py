@@ -17,7 +17,9 @@ import pyarrow.compute as pc
 
 from model.confidence import DEFAULT_CONFIDENCE, ConfidenceConfig
 from model.checkpoint import checkpoint_bytes
-from model.config import DECODING_STRATEGIES
+from model.attention import QUERY_BLOCK
+from model.checkpoint import inspect as inspect_checkpoint
+from model.config import DECODING_STRATEGIES, ModelConfig
 from model.longform import DEFAULT_CHUNK_SECONDS
 
 from .batching import DEFAULT_BATCH_SECONDS
@@ -40,8 +42,10 @@ COMMIT_CPUS = 0.25  # per commit task
 CPU_ACTOR_BASE_BYTES = 512 * 1024**2
 CPU_ACTIVATION_BYTES_PER_S = 8 * 1024**2  # per padded second of one model call, models >= SMALL_MODEL_BYTES
 SMALL_MODEL_ACTIVATION_BYTES_PER_S = 1 * 1024**2
-ATTENTION_BYTES_PER_FRAME_SQUARED = 8 * 17  # Parakeet's 8 heads
-ENCODER_FRAMES_PER_S = 12.5  # 10 ms features, 8x subsampling
+# One call's self-attention, per head, query and key it sees (fp32): the tiny preset (4 heads) peaked 938 MB above the
+# process with its window loaded for one 300 s chunk (3,750 frames, 16.7 bytes); 20 leaves the allocator some slack.
+ATTENTION_BYTES_PER_SCORE = 20
+PARAKEET_HEADS, ENCODER_FRAMES_PER_S = 8, 12.5  # when the model's config is not known: 8 heads, 10 ms x 8 frames
 WAVEFORM_BYTES_PER_S = 16_000 * 4
 UNKNOWN_CHECKPOINT_BYTES = 4.5 * 1024**3  # weights assumed when the checkpoint's size cannot be read (1.1b, fp32)
 SMALL_MODEL_BYTES = 100 * 1024**2
@@ -164,7 +168,8 @@ def node_shape() -> NodeShape:
     return NodeShape(max(1, cores), cpus, memory, len(alive))
 
 
-def cpu_actors_per_node(cfg: TranscribeConfig, shape: NodeShape, checkpoint_bytes: int | None) -> int:
+def cpu_actors_per_node(cfg: TranscribeConfig, shape: NodeShape, checkpoint_bytes: int | None,
+                        model_config: ModelConfig | None = None) -> int:
     """Model actors a CPU node runs: one single-thread actor per core, as far as the node's memory holds a copy
     of the model for each with its worker, activations and audio (cpu_actor_bytes) and its logical CPUs leave
     room for the commits (single-thread actors decode their own inputs: decode_concurrency).
@@ -172,32 +177,53 @@ def cpu_actors_per_node(cfg: TranscribeConfig, shape: NodeShape, checkpoint_byte
     Measured on this 2-core box (tests/perf/bench_job.py, the same files): two single-thread processes get
     through 1,530 audio-s/s of the demo model where one with 2 threads gets 1,310, and RTFx 12.7 against 11.6
     for Parakeet 0.6B's shape: a small intra-op parallel region pays a barrier and wake-ups per operator.
-    Fewer actors, more threads each, where memory is short."""
-    per_actor = cpu_actor_bytes(cfg, checkpoint_bytes)
+    Fewer actors, more threads each, where memory is short. `model_config`: the checkpoint's (model.inspect), for
+    its attention's size; None: Parakeet's."""
+    per_actor = cpu_actor_bytes(cfg, checkpoint_bytes, model_config)
     by_memory = int(shape.memory // per_actor) if shape.memory > 0 else shape.cores
     by_cpus = int((shape.cpus - COMMIT_CPUS) // cfg.cpus_per_actor)
     return max(1, min(shape.cores, by_memory, by_cpus))
 
 
-def cpu_actor_bytes(cfg: TranscribeConfig, checkpoint_bytes: int | None) -> float:
+def cpu_actor_bytes(cfg: TranscribeConfig, checkpoint_bytes: int | None, model_config: ModelConfig | None = None) -> float:
     """Memory one CPU actor needs: its copy of the weights (the checkpoint's stored size; unknown:
     UNKNOWN_CHECKPOINT_BYTES), the worker (CPU_ACTOR_BASE_BYTES), the largest model call's activations (a batch of
     --batch-seconds, or one chunk of an input longer than that: --chunk-seconds) and a window's waveforms. A call's
-    peak is its convolutions' (per padded second) or, for one long chunk, its self-attention's (per frame^2),
+    peak is its convolutions' (per padded second) or, for one long chunk, its self-attention's (attention_bytes),
     whichever is larger: they are not alive at once. Parakeet 0.6B at the defaults (120 s batches, 300 s chunks):
     2.4 + 0.5 + 2.4 + 0.3 = 5.6 GB."""
     weights = checkpoint_bytes or UNKNOWN_CHECKPOINT_BYTES
     batch = cfg.batch_seconds or batch_seconds_for(0.0)
     rate = SMALL_MODEL_ACTIVATION_BYTES_PER_S if weights < SMALL_MODEL_BYTES else CPU_ACTIVATION_BYTES_PER_S
     longest = max(batch, cfg.chunk_seconds)  # padded seconds of the largest call
-    attention = ATTENTION_BYTES_PER_FRAME_SQUARED * (cfg.chunk_seconds * ENCODER_FRAMES_PER_S) ** 2
+    attention = attention_bytes(cfg.chunk_seconds, model_config)
     return weights + CPU_ACTOR_BASE_BYTES + max(rate * longest, attention) + window_seconds(batch) * WAVEFORM_BYTES_PER_S
 
 
+def attention_bytes(seconds: float, model_config: ModelConfig | None = None) -> float:
+    """Peak memory of one layer's self-attention over one input of `seconds`: its scores, softmax and
+    relative-position terms, ATTENTION_BYTES_PER_SCORE per head, query and key it sees. The frames are the encoder's
+    (sample rate / (hop x subsampling factor): 12.5 a second for Parakeet, 25 for a 4x-subsampling model, so 4x
+    the memory); with limited context (att_context_size [L, R]) the queries are taken QUERY_BLOCK at a time and
+    see at most QUERY_BLOCK + L + R keys (model/attention.py), so memory grows with the frames, not their square.
+    `model_config`: the checkpoint's; None: Parakeet's (8 heads, full attention)."""
+    if model_config is None:
+        heads, frames, context = PARAKEET_HEADS, seconds * ENCODER_FRAMES_PER_S, (-1, -1)
+    else:
+        enc, feat = model_config.encoder, model_config.features
+        heads, context = enc.n_heads, enc.att_context_size
+        frames = seconds * feat.sample_rate / (feat.hop_length * enc.subsampling_factor)
+    queries, keys = frames, frames
+    if context[0] >= 0 and context[1] >= 0:
+        queries = min(frames, QUERY_BLOCK)
+        keys = min(frames, QUERY_BLOCK + context[0] + context[1])
+    return ATTENTION_BYTES_PER_SCORE * heads * queries * keys
+
+
 def resolve_resources(cfg: TranscribeConfig, cluster: dict[str, float], shape: NodeShape | None = None,
-                      checkpoint_bytes: int | None = None) -> tuple[int, float]:
+                      checkpoint_bytes: int | None = None, model_config: ModelConfig | None = None) -> tuple[int, float]:
     """(actors, gpus per actor) from the config, `ray.cluster_resources()` and, for CPU actors, the nodes'
-    shape (node_shape(); None: one CPU actor) and the checkpoint's size."""
+    shape (node_shape(); None: one CPU actor), the checkpoint's size and its config (model.inspect)."""
     gpus = cluster.get("GPU", 0.0)
     per_actor = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if gpus > 0 else 0.0)
     if per_actor > gpus:
@@ -208,7 +234,7 @@ def resolve_resources(cfg: TranscribeConfig, cluster: dict[str, float], shape: N
         return max(1, int(gpus // per_actor)), per_actor
     if shape is None:
         return 1, per_actor
-    return shape.nodes * cpu_actors_per_node(cfg, shape, checkpoint_bytes), per_actor
+    return shape.nodes * cpu_actors_per_node(cfg, shape, checkpoint_bytes, model_config), per_actor
 
 
 def batch_seconds_for(gpus_per_actor: float) -> float:
@@ -400,6 +426,14 @@ def transcribed(cfg: TranscribeConfig, ds, actors: int, gpus_per_actor: float, t
     )
 
 
+def _config_or_none(model_uri: str) -> ModelConfig | None:
+    """The checkpoint's config for planning; None where it cannot be read here (the actors' load names the fault)."""
+    try:
+        return inspect_checkpoint(model_uri)
+    except Exception:  # noqa: BLE001 - planning falls back to Parakeet's shape; loading the model reports the cause
+        return None
+
+
 def _absolute(model_uri: str) -> str:
     """A local model path made absolute so actors on any worker (cwd differs) find it."""
     if "://" in model_uri or not os.path.exists(model_uri):
@@ -430,13 +464,15 @@ def prepare(cfg: TranscribeConfig) -> Plan:
     return Plan(inputs, skipped, swept, started, t0)
 
 
-def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Transcriber, lease=None) -> dict[str, Any]:
+def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Transcriber, lease=None,
+        model_config: ModelConfig | None = None) -> dict[str, Any]:
     """Run the whole job on the connected Ray cluster; returns the summary (also OUTPUT/_summary.json).
 
     A per-input problem is an error row; anything that fails the model stage itself (a bad model, a
     bug, a CUDA error) raises here after what was already committed stays committed, so a rerun
     after the fix transcribes the rest. `transcriber`: the model stage's class (see build_dataset).
-    `lease`: the pipeline.lease.Lease this run holds on OUTPUT; the run stops if another run took it over."""
+    `lease`: the pipeline.lease.Lease this run holds on OUTPUT; the run stops if another run took it over.
+    `model_config`: the checkpoint's config (model.inspect), for sizing CPU actors; None: read here when needed."""
     import ray
 
     plan = plan or prepare(cfg)
@@ -445,8 +481,11 @@ def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Tra
     if len(plan.inputs):
         cluster, shape = ray.cluster_resources(), node_shape()
         on_cpu = not (cfg.gpus_per_actor or (cfg.gpus_per_actor is None and cluster.get("GPU", 0) > 0))
-        size = checkpoint_bytes(cfg.model_uri) if on_cpu and cfg.actors is None else None  # for cpu_actors_per_node
-        actors, gpus_per_actor = resolve_resources(cfg, cluster, shape, size)
+        size = None
+        if on_cpu and cfg.actors is None:  # for cpu_actors_per_node
+            size = checkpoint_bytes(cfg.model_uri)
+            model_config = model_config or _config_or_none(cfg.model_uri)
+        actors, gpus_per_actor = resolve_resources(cfg, cluster, shape, size, model_config)
         duration = typical_duration(cfg, plan.inputs)
         sized = size_to_inputs(cfg, duration, actors, gpus_per_actor, shape.cores, shape.nodes)
         useful = worthwhile_actors(len(plan.inputs), duration, sized.window_rows)

@@ -104,7 +104,7 @@ def main() -> None:
         stored = checkpoint_bytes(folder)
         batch_s = args.batch_seconds or batch_seconds_for(0)
         cfg = TranscribeConfig("in", "out", folder, batch_seconds=batch_s)
-        planned = cpu_actor_bytes(cfg, stored) / mb
+        planned = cpu_actor_bytes(cfg, stored, model.inspect(folder)) / mb  # the job's planner reads the config too
         print(f"{args.preset} (random weights), stored {stored / mb:.0f} MB; batches of <= {batch_s:g} s; one torch "
               f"thread; {'tcmalloc' if lib else 'glibc malloc'}; the planner reserves {planned:.0f} MB an actor "
               f"(chunks of <= {cfg.chunk_seconds:g} s)", flush=True)

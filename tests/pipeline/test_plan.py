@@ -8,7 +8,8 @@ from pipeline.batching import DEFAULT_BATCH_SECONDS
 from pipeline.job import (CPU_BATCH_SECONDS, MAX_WINDOW_ROWS, WINDOW_BATCHES,
                           MIN_AUDIO_PER_ACTOR_S, NodeShape, TranscribeConfig, cpu_actor_bytes, cpu_actors_per_node, decode_concurrency, describe_plan, node_shape,
                           resolve_resources, size_to_inputs, typical_duration, worthwhile_actors, balanced_window,
-                          largest_divisor, MAX_BLOCK_ROWS)
+                          largest_divisor, MAX_BLOCK_ROWS, attention_bytes, ATTENTION_BYTES_PER_SCORE)
+from model.config import preset
 from tests.pipeline.conftest import AUDIO, CLIPS
 
 CFG = TranscribeConfig("in", "out", "m", batch_seconds=600)
@@ -115,7 +116,35 @@ def test_cpu_actor_memory_covers_the_measured_peaks():
     # a small model: its worker, and one long chunk's attention (the tiny preset peaked at 426 MB for 40 s of
     # 5 s clips and at 1,538 MB for one 300 s chunk)
     assert 1538 * MB <= cpu_actor_bytes(at_defaults, 8 * MB) < 3 * 1024**3
+    # with its own config (4 heads): 1,534 MB at the peak of one 300 s chunk, measured with that reserve
+    assert 1534 * MB <= cpu_actor_bytes(at_defaults, 1 * MB, preset("tiny")) < cpu_actor_bytes(at_defaults, 1 * MB)
     assert cpu_actor_bytes(TranscribeConfig("in", "out", "m", chunk_seconds=60.0), 8 * MB) < 1024**3
+
+
+def _encoder(config, **changes):
+    return dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, **changes))
+
+
+def test_attention_memory_follows_the_models_heads_frame_rate_and_context():
+    parakeet = preset("parakeet-tdt-0.6b-v3")  # 8 heads, 8x subsampling of 10 ms features, full attention
+    assert attention_bytes(300.0, parakeet) == attention_bytes(300.0)  # the shape assumed when none is known
+    assert attention_bytes(300.0, parakeet) == ATTENTION_BYTES_PER_SCORE * 8 * 3750**2
+    assert attention_bytes(300.0, _encoder(parakeet, n_heads=4)) * 2 == attention_bytes(300.0, parakeet)
+    assert attention_bytes(300.0, _encoder(parakeet, subsampling_factor=4)) == 4 * attention_bytes(300.0, parakeet)
+    local = _encoder(parakeet, att_context_size=(128, 128))  # queries in blocks, each sees 256 + 256 keys at most
+    assert attention_bytes(300.0, local) == attention_bytes(3000.0, local) == ATTENTION_BYTES_PER_SCORE * 8 * 256 * 512
+    one_sided = _encoder(parakeet, att_context_size=(-1, 64))  # unlimited on one side: full attention's memory
+    assert attention_bytes(300.0, one_sided) == attention_bytes(300.0, parakeet)
+
+
+def test_cpu_actors_are_sized_by_the_checkpoints_own_attention():
+    # a 4x-subsampling model's 300 s chunk attends over 7,500 frames: 8.4 GiB, where at 8x the convolutions' 2.3 GiB
+    node, cfg, stored = NodeShape(16, 16.0, 64 * 1024**3, 1), TranscribeConfig("in", "out", "m"), int(2.5 * 1024**3)
+    parakeet = preset("parakeet-tdt-0.6b-v3")
+    fine = _encoder(parakeet, subsampling_factor=4)
+    assert cpu_actor_bytes(cfg, stored, fine) - cpu_actor_bytes(cfg, stored, parakeet) > 4.5 * 1024**3
+    assert cpu_actors_per_node(cfg, node, stored, fine) < cpu_actors_per_node(cfg, node, stored, parakeet) == 11
+    assert resolve_resources(cfg, {"CPU": 16.0}, node, stored, fine)[0] == cpu_actors_per_node(cfg, node, stored, fine)
 
 
 def test_typical_duration_reads_headers_only():
