@@ -181,8 +181,21 @@ def cpu_actors_per_node(cfg: TranscribeConfig, shape: NodeShape, checkpoint_byte
     its attention's size; None: Parakeet's."""
     per_actor = cpu_actor_bytes(cfg, checkpoint_bytes, model_config)
     by_memory = int(shape.memory // per_actor) if shape.memory > 0 else shape.cores
-    by_cpus = int((shape.cpus - COMMIT_CPUS) // cfg.cpus_per_actor)
+    # Decode tasks of their own (--decode-tasks, or multi-thread actors) need a whole CPU beside the actors and the
+    # commits: with less, the commits wait for gaps between decode tasks, and below one CPU (fractional
+    # --cpus-per-actor) no decode task is ever scheduled and the job waits forever.
+    reserved = COMMIT_CPUS + (DECODE_CPUS if decodes_in_tasks(cfg) else 0.0)
+    by_cpus = int((shape.cpus - reserved) // cfg.cpus_per_actor)
     return max(1, min(shape.cores, by_memory, by_cpus))
+
+
+def decodes_in_tasks(cfg: TranscribeConfig) -> bool:
+    """Whether CPU actors get their inputs from decode tasks of their own rather than decoding them themselves,
+    as decode_concurrency decides before the threads are sized: --decode-tasks N > 0, or actors of several
+    threads (--threads-per-actor, or --cpus-per-actor, which sets the threads when those are not given)."""
+    if cfg.decode_tasks is not None:
+        return cfg.decode_tasks > 0
+    return (cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor))) > 1
 
 
 def cpu_actor_bytes(cfg: TranscribeConfig, checkpoint_bytes: int | None, model_config: ModelConfig | None = None) -> float:

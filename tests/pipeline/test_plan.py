@@ -55,7 +55,14 @@ def test_cpu_actors_are_one_per_core_as_far_as_memory_and_cpus_allow():
     assert cpu_actors_per_node(cfg, big, int(2.5 * GiB)) == int(64 * GiB // per_06b) == 11  # memory: 16 copies do not fit
     assert cpu_actors_per_node(cfg, big, None) == int(64 * GiB // cpu_actor_bytes(cfg, None)) == 8
     assert cpu_actors_per_node(cfg, NodeShape(16, 16.0, 1 * GiB, 1), 8 * 1024**2) == 1  # never none
-    assert cpu_actors_per_node(TranscribeConfig("in", "out", "m", cpus_per_actor=4), big, 0) == 3  # (16 - 0.25) // 4
+    assert cpu_actors_per_node(TranscribeConfig("in", "out", "m", cpus_per_actor=4), big, 0) == 3  # (16 - 1.25) // 4
+    # decode tasks of their own keep a CPU free for one, or none would ever be scheduled beside 15 actors
+    for separate in (TranscribeConfig("in", "out", "m", decode_tasks=4), TranscribeConfig("in", "out", "m", threads_per_actor=2)):
+        assert decode_concurrency(separate, 14, 0.0) > 0
+        assert cpu_actors_per_node(separate, big, 8 * 1024**2) == 14  # (16 - 0.25 - 1) // 1
+    assert cpu_actors_per_node(TranscribeConfig("in", "out", "m", decode_tasks=0), big, 8 * 1024**2) == 15
+    small = NodeShape(2, 2.0, 64 * 1024**3, 1)  # 0.75 CPU each: two actors and a commit would leave 0.25
+    assert cpu_actors_per_node(TranscribeConfig("in", "out", "m", decode_tasks=1, cpus_per_actor=0.75), small, 0) == 1
     actors, _ = resolve_resources(cfg, {"CPU": 48.0}, big, 8 * 1024**2)
     assert actors == 3 * 15  # every CPU node
     sized = size_to_inputs(cfg, 3.0, actors, 0.0, big.cores, big.nodes)
