@@ -55,7 +55,13 @@ SMALL_MODEL_BYTES = 100 * 1024**2
 CPU_BATCH_SECONDS = 120.0
 MIN_AUDIO_PER_ACTOR_S = 1800.0  # a job starts another actor only for at least this much more audio
 DECODE_MEMORY_BYTES = 512 * 1024**2  # per decode task: the worker (numpy, libsndfile, soxr, PyAV) plus its audio
-DECODERS_PER_GPU_ACTOR = 4
+# Decode tasks beside GPU actors: enough to feed them, from a decode rate measured on the driver over a few of the
+# inputs (measure_decode_rate) and the rate a GPU actor is assumed to take: Parakeet TDT 0.6B's model card gives
+# RTFx 3,380 on the Open ASR leaderboard (A100, batch 128), about twice that on an H100, smaller models more. Too
+# many decoders only decode ahead until Ray Data's backpressure stops them; too few starve the GPU.
+GPU_ACTOR_AUDIO_S_PER_S = 7000.0
+DECODERS_PER_GPU_ACTOR = 4  # where no input could be decoded to measure the rate
+DECODE_PROBE_FILES, DECODE_PROBE_S = 8, 3.0  # the driver decodes at most this many of the sampled inputs, this long
 MAX_BLOCK_ROWS = 32  # inputs per listing block: bounds decode-task size, keeps block count modest
 # Sizing from the inputs' durations (median of a sample of headers), measured on this 2-core box with the demo
 # model and 400 clips of 4-20 s (tests/perf/bench_pipeline.py): window 32 -> 128 -> 512 inputs took the job from
@@ -293,11 +299,12 @@ def balanced_window(inputs: int, window_rows: int, decode_rows: int, actors: int
     return window_rows
 
 
-def decode_concurrency(cfg: TranscribeConfig, actors: int, gpus_per_actor: float, nodes: int = 1) -> int:
+def decode_concurrency(cfg: TranscribeConfig, actors: int, gpus_per_actor: float, nodes: int = 1,
+                       decode_rate: float | None = None, spare_cpus: float | None = None) -> int:
     """Concurrent decode tasks; 0: each model actor decodes its own inputs, in the same process.
 
-    - GPU actors: DECODERS_PER_GPU_ACTOR tasks each. A GPU eats audio at ~1000-3000x real time and MP3 decodes at
-      ~500x per core, so decoding must run beside the model, on the node's other cores.
+    - GPU actors: gpu_decoders(actors, decode_rate, spare_cpus). A GPU eats audio at thousands of times real time
+      and MP3 decodes at ~500x per core, so decoding must run beside the model, on the cluster's other CPUs.
     - Single-thread CPU actors (one per core, the default where memory allows): 0. Ray Data then fuses decoding
       into the actors (one operator, `MapBatches(decode_batch)->MapBatches(Transcriber)`), so the waveforms never
       go through the object store and no decode worker runs. Every core already runs an actor, so a separate
@@ -309,10 +316,50 @@ def decode_concurrency(cfg: TranscribeConfig, actors: int, gpus_per_actor: float
     if cfg.decode_tasks is not None:
         return cfg.decode_tasks
     if gpus_per_actor > 0:
-        return actors * DECODERS_PER_GPU_ACTOR
+        return gpu_decoders(actors, decode_rate, spare_cpus)
     if (cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor))) <= 1:
         return 0
     return max(1, min(actors, nodes))
+
+
+def gpu_decoders(actors: int, decode_rate: float | None, spare_cpus: float | None = None) -> int:
+    """Decode tasks for `actors` GPU actors: GPU_ACTOR_AUDIO_S_PER_S each over `decode_rate` (audio seconds one
+    decode task gets through a second, measure_decode_rate; None: DECODERS_PER_GPU_ACTOR each), as far as the
+    cluster's `spare_cpus` (its CPUs less the actors' and a commit's) hold them at DECODE_CPUS each; at least one.
+    16 kHz WAV (~30,000x a task) needs one per GPU, MP3 (~500x) fourteen."""
+    per_actor = DECODERS_PER_GPU_ACTOR if not decode_rate else math.ceil(GPU_ACTOR_AUDIO_S_PER_S / decode_rate)
+    wanted = actors * per_actor
+    if spare_cpus is not None:
+        wanted = min(wanted, int(spare_cpus // DECODE_CPUS))
+    return max(1, wanted)
+
+
+def measure_decode_rate(cfg: TranscribeConfig, inputs: pa.Array) -> float | None:
+    """Audio seconds a decode task gets through per second of its time, timed on the driver over up to
+    DECODE_PROBE_FILES inputs spread over the list (read, decode, resample, as decode_batch does), stopping once
+    DECODE_PROBE_S have passed. None if none of them decoded."""
+    from model.audio import SAMPLE_RATE
+
+    from .decode import decode_one
+
+    audio_s = spent = 0.0
+    for uri in sample_inputs(inputs, DECODE_PROBE_FILES):
+        t0 = time.perf_counter()
+        wave, _, error, _ = decode_one(uri, cfg.storage_options or None)
+        spent += time.perf_counter() - t0
+        if error is None:
+            audio_s += len(wave) / SAMPLE_RATE
+        if spent >= DECODE_PROBE_S:
+            break
+    return audio_s / spent if audio_s > 0 and spent > 0 else None
+
+
+def sample_inputs(inputs: pa.Array, n: int) -> list[str]:
+    """Up to `n` of `inputs`, spread evenly over the list."""
+    if not len(inputs):
+        return []
+    step = max(1, len(inputs) // n)
+    return inputs[::step][:n].to_pylist()
 
 
 def typical_duration(cfg: TranscribeConfig, inputs: pa.Array) -> float | None:
@@ -320,11 +367,8 @@ def typical_duration(cfg: TranscribeConfig, inputs: pa.Array) -> float | None:
     (soundfile, else the container's metadata; nothing is decoded). None if none could be read."""
     from model.audio import probe_duration
 
-    if not len(inputs):
-        return None
-    step = max(1, len(inputs) // DURATION_SAMPLE)
     found = []
-    for uri in inputs[::step][:DURATION_SAMPLE].to_pylist():
+    for uri in sample_inputs(inputs, DURATION_SAMPLE):
         try:
             fs, path = filesystem(uri, cfg.storage_options or None)
             with fs.open(path, "rb") as f:
@@ -337,13 +381,15 @@ def typical_duration(cfg: TranscribeConfig, inputs: pa.Array) -> float | None:
 
 
 def size_to_inputs(cfg: TranscribeConfig, duration_s: float | None, actors: int, gpus_per_actor: float,
-                   node_cores: int, nodes: int = 1) -> TranscribeConfig:
+                   node_cores: int, nodes: int = 1, decode_rate: float | None = None,
+                   spare_cpus: float | None = None) -> TranscribeConfig:
     """`cfg` with the automatic sizes filled in (given values are kept):
     - window_rows: WINDOW_BATCHES x batch_seconds (at least DEFAULT_BATCH_SECONDS) of audio per actor call, so
       short clips fill GPU batches and long files stay few (memory: about that much audio per actor);
     - decode_rows: about DECODE_TASK_SECONDS of audio per decode task (one input when files are long);
     - threads_per_actor (CPU actors): the node's cores shared by the actors placed on it;
-    - decode_tasks: decode_concurrency;
+    - decode_tasks: decode_concurrency (for GPU actors: from `decode_rate`, measure_decode_rate, and the
+      cluster's `spare_cpus`);
     - batch_seconds: batch_seconds_for."""
     changes = {}
     # Each stage's batches are whole blocks of the one before (listing block | decode task | window): Ray Data
@@ -369,17 +415,20 @@ def size_to_inputs(cfg: TranscribeConfig, duration_s: float | None, actors: int,
     if cfg.decode_tasks is None:
         threads = changes.get("threads_per_actor", cfg.threads_per_actor)
         changes["decode_tasks"] = decode_concurrency(dataclasses.replace(cfg, threads_per_actor=threads), actors,
-                                                     gpus_per_actor, nodes)
+                                                     gpus_per_actor, nodes, decode_rate, spare_cpus)
     if cfg.batch_seconds is None:
         changes["batch_seconds"] = batch_seconds_for(gpus_per_actor)
     return dataclasses.replace(cfg, **changes)
 
 
-def describe_plan(cfg: TranscribeConfig, actors: int, gpus_per_actor: float) -> str:
-    """One line: how the job will use the cluster."""
+def describe_plan(cfg: TranscribeConfig, actors: int, gpus_per_actor: float, decode_rate: float | None = None) -> str:
+    """One line: how the job will use the cluster (`decode_rate`: what measure_decode_rate found, if it ran)."""
     device = f"{gpus_per_actor:g} GPU" if gpus_per_actor else f"{cfg.threads_per_actor or 1} CPU thread(s)"
     decoders = decode_concurrency(cfg, actors, gpus_per_actor)
     decoding = f"{decoders} decode task(s)" if decoders else "decoding inside the model actors"
+    if decode_rate:
+        decoding += (f" (a task decodes {decode_rate:,.0f}x real time, measured on the driver; a GPU actor is "
+                     f"assumed to take {GPU_ACTOR_AUDIO_S_PER_S:,.0f}x)")
     return (f"plan: {actors} model actor(s) x {device}, {decoding}, "
             f"batches of <= {cfg.batch_seconds or DEFAULT_BATCH_SECONDS:g} s padded audio, up to {cfg.window_rows} inputs per actor call, "
             f"chunks of <= {cfg.chunk_seconds:g} s")
@@ -500,17 +549,23 @@ def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Tra
             model_config = model_config or _config_or_none(cfg.model_uri)
         actors, gpus_per_actor = resolve_resources(cfg, cluster, shape, size, model_config)
         duration = typical_duration(cfg, plan.inputs)
-        sized = size_to_inputs(cfg, duration, actors, gpus_per_actor, shape.cores, shape.nodes)
+        rate = measure_decode_rate(cfg, plan.inputs) if gpus_per_actor and cfg.decode_tasks is None else None
+
+        def sizes(actors: int) -> TranscribeConfig:
+            spare = cluster.get("CPU", 0.0) - actors * cfg.cpus_per_actor - COMMIT_CPUS  # for GPU actors' decoders
+            return size_to_inputs(cfg, duration, actors, gpus_per_actor, shape.cores, shape.nodes, rate, spare)
+
+        sized = sizes(actors)
         useful = worthwhile_actors(len(plan.inputs), duration, sized.window_rows)
         if cfg.actors is None and actors > useful:
             actors = useful
-            sized = size_to_inputs(cfg, duration, actors, gpus_per_actor, shape.cores, shape.nodes)
+            sized = sizes(actors)
         if cfg.window_rows is None:
             window = balanced_window(len(plan.inputs), sized.window_rows, sized.decode_rows, actors)
             sized = dataclasses.replace(sized, window_rows=window)
         cfg = sized
         if cfg.progress:
-            print(describe_plan(cfg, actors, gpus_per_actor), file=sys.stderr, flush=True)
+            print(describe_plan(cfg, actors, gpus_per_actor, rate), file=sys.stderr, flush=True)
         ds = build_dataset(cfg, plan.inputs, actors, gpus_per_actor, transcriber).map_batches(
             commit_batch, batch_size=cfg.rows_per_file, batch_format="pyarrow",
             fn_kwargs={"output_uri": cfg.output_uri, "storage_options": cfg.storage_options or None}, num_cpus=COMMIT_CPUS,

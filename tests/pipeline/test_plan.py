@@ -8,7 +8,8 @@ from pipeline.batching import DEFAULT_BATCH_SECONDS
 from pipeline.job import (CPU_BATCH_SECONDS, MAX_WINDOW_ROWS, WINDOW_BATCHES,
                           MIN_AUDIO_PER_ACTOR_S, NodeShape, TranscribeConfig, cpu_actor_bytes, cpu_actors_per_node, decode_concurrency, describe_plan, node_shape,
                           resolve_resources, size_to_inputs, typical_duration, worthwhile_actors, balanced_window,
-                          largest_divisor, MAX_BLOCK_ROWS, attention_bytes, ATTENTION_BYTES_PER_SCORE)
+                          largest_divisor, MAX_BLOCK_ROWS, attention_bytes, ATTENTION_BYTES_PER_SCORE,
+                          DECODERS_PER_GPU_ACTOR, gpu_decoders, measure_decode_rate)
 from model.config import preset
 from tests.pipeline.conftest import AUDIO, CLIPS
 
@@ -152,6 +153,30 @@ def test_cpu_actors_are_sized_by_the_checkpoints_own_attention():
     assert cpu_actor_bytes(cfg, stored, fine) - cpu_actor_bytes(cfg, stored, parakeet) > 4.5 * 1024**3
     assert cpu_actors_per_node(cfg, node, stored, fine) < cpu_actors_per_node(cfg, node, stored, parakeet) == 11
     assert resolve_resources(cfg, {"CPU": 16.0}, node, stored, fine)[0] == cpu_actors_per_node(cfg, node, stored, fine)
+
+
+def test_gpu_actors_get_the_decoders_a_measured_decode_rate_needs():
+    assert gpu_decoders(2, 30_000.0) == 2  # 16 kHz WAV: one a GPU
+    assert gpu_decoders(2, 500.0) == 2 * 14  # MP3 at 500x a core: ceil(7,000 / 500) a GPU
+    assert gpu_decoders(8, 500.0, spare_cpus=96 - 8 - 0.25) == 87  # as many as the cluster's other CPUs hold
+    assert gpu_decoders(2, 500.0, spare_cpus=0.5) == 1  # at least one
+    assert gpu_decoders(2, None) == 2 * DECODERS_PER_GPU_ACTOR  # no input decoded: the fixed fallback
+    sized = size_to_inputs(TranscribeConfig("in", "out", "m"), 3.0, 2, 1.0, 16, 1, decode_rate=700.0, spare_cpus=40.0)
+    assert sized.decode_tasks == 20
+    plan = describe_plan(sized, 2, 1.0, 700.0)
+    assert "20 decode task(s) (a task decodes 700x real time" in plan and "7,000x" in plan
+    given = TranscribeConfig("in", "out", "m", decode_tasks=3)
+    assert size_to_inputs(given, 3.0, 2, 1.0, 16, 1, decode_rate=700.0, spare_cpus=40.0).decode_tasks == 3
+
+
+def test_the_decode_rate_is_measured_on_a_few_real_inputs(tmp_path):
+    cfg = TranscribeConfig("in", "out", "m")
+    rate = measure_decode_rate(cfg, pa.array([str(AUDIO / c) for c in CLIPS]))
+    assert rate is not None and rate > 0
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    assert measure_decode_rate(cfg, pa.array([str(broken), str(tmp_path / "missing.wav")])) is None
+    assert measure_decode_rate(cfg, pa.array([], pa.string())) is None
 
 
 def test_typical_duration_reads_headers_only():
