@@ -345,7 +345,10 @@ def measure_decode_rate(cfg: TranscribeConfig, inputs: pa.Array) -> float | None
     audio_s = spent = 0.0
     for uri in sample_inputs(inputs, DECODE_PROBE_FILES):
         t0 = time.perf_counter()
-        wave, _, error, _ = decode_one(uri, cfg.storage_options or None)
+        try:
+            wave, _, error, _ = decode_one(uri, cfg.storage_options or None)
+        except Exception as e:  # noqa: BLE001 - a probe only: the decode tasks report this input's fault as its row
+            wave, error = None, e
         spent += time.perf_counter() - t0
         if error is None:
             audio_s += len(wave) / SAMPLE_RATE
