@@ -62,6 +62,7 @@ DECODE_MEMORY_BYTES = 512 * 1024**2  # per decode task: the worker (numpy, libsn
 GPU_ACTOR_AUDIO_S_PER_S = 7000.0
 DECODERS_PER_GPU_ACTOR = 4  # where no input could be decoded to measure the rate
 DECODE_PROBE_FILES, DECODE_PROBE_S = 8, 3.0  # the driver decodes at most this many of the sampled inputs, this long
+DECODE_PROBE_MAX_FILE_S = 600.0  # and only inputs at most this long (a 10 h file would be 2.3 GB on the driver)
 MAX_BLOCK_ROWS = 32  # inputs per listing block: bounds decode-task size, keeps block count modest
 # Sizing from the inputs' durations (median of a sample of headers), measured on this 2-core box with the demo
 # model and 400 clips of 4-20 s (tests/perf/bench_pipeline.py): window 32 -> 128 -> 512 inputs took the job from
@@ -334,16 +335,18 @@ def gpu_decoders(actors: int, decode_rate: float | None, spare_cpus: float | Non
     return max(1, wanted)
 
 
-def measure_decode_rate(cfg: TranscribeConfig, inputs: pa.Array) -> float | None:
-    """Audio seconds a decode task gets through per second of its time, timed on the driver over up to
-    DECODE_PROBE_FILES inputs spread over the list (read, decode, resample, as decode_batch does), stopping once
-    DECODE_PROBE_S have passed. None if none of them decoded."""
+def measure_decode_rate(cfg: TranscribeConfig, sampled: list[tuple[str, float | None]]) -> float | None:
+    """Audio seconds a decode task gets through per second of its time, timed on the driver (read, decode, resample,
+    as decode_batch does) over up to DECODE_PROBE_FILES of `sampled` (sampled_durations) whose headers give at most
+    DECODE_PROBE_MAX_FILE_S, stopping once DECODE_PROBE_S have passed: the driver never decodes a long file whole.
+    None if none of them decoded."""
     from model.audio import SAMPLE_RATE
 
     from .decode import decode_one
 
     audio_s = spent = 0.0
-    for uri in sample_inputs(inputs, DECODE_PROBE_FILES):
+    short = [uri for uri, d in sampled if d and d <= DECODE_PROBE_MAX_FILE_S]
+    for uri in short[:: max(1, len(short) // DECODE_PROBE_FILES)][:DECODE_PROBE_FILES]:
         t0 = time.perf_counter()
         try:
             wave, _, error, _ = decode_one(uri, cfg.storage_options or None)
@@ -357,30 +360,33 @@ def measure_decode_rate(cfg: TranscribeConfig, inputs: pa.Array) -> float | None
     return audio_s / spent if audio_s > 0 and spent > 0 else None
 
 
-def sample_inputs(inputs: pa.Array, n: int) -> list[str]:
-    """Up to `n` of `inputs`, spread evenly over the list."""
-    if not len(inputs):
-        return []
-    step = max(1, len(inputs) // n)
-    return inputs[::step][:n].to_pylist()
-
-
-def typical_duration(cfg: TranscribeConfig, inputs: pa.Array) -> float | None:
-    """Median duration in seconds of up to DURATION_SAMPLE inputs spread over the list, from their headers
-    (soundfile, else the container's metadata; nothing is decoded). None if none could be read."""
+def sampled_durations(cfg: TranscribeConfig, inputs: pa.Array) -> list[tuple[str, float | None]]:
+    """Up to DURATION_SAMPLE inputs spread evenly over the list, each with its duration in seconds from its header
+    (soundfile, else the container's metadata; nothing is decoded), None where that cannot be read."""
     from model.audio import probe_duration
 
-    found = []
-    for uri in sample_inputs(inputs, DURATION_SAMPLE):
+    if not len(inputs):
+        return []
+    out = []
+    for uri in inputs[:: max(1, len(inputs) // DURATION_SAMPLE)][:DURATION_SAMPLE].to_pylist():
         try:
             fs, path = filesystem(uri, cfg.storage_options or None)
             with fs.open(path, "rb") as f:
                 d = probe_duration(f)
         except (OSError, ValueError):
             d = None
-        if d:
-            found.append(d)
-    return float(sorted(found)[len(found) // 2]) if found else None
+        out.append((uri, d or None))
+    return out
+
+
+def typical_duration(cfg: TranscribeConfig, inputs: pa.Array | None = None,
+                     sampled: list[tuple[str, float | None]] | None = None) -> float | None:
+    """Median duration in seconds of the sampled inputs (sampled_durations, read here when not given). None if
+    no header could be read."""
+    if sampled is None:
+        sampled = sampled_durations(cfg, inputs if inputs is not None else pa.array([], pa.string()))
+    found = sorted(d for _, d in sampled if d)
+    return float(found[len(found) // 2]) if found else None
 
 
 def size_to_inputs(cfg: TranscribeConfig, duration_s: float | None, actors: int, gpus_per_actor: float,
@@ -551,8 +557,9 @@ def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Tra
             size = checkpoint_bytes(cfg.model_uri)
             model_config = model_config or _config_or_none(cfg.model_uri)
         actors, gpus_per_actor = resolve_resources(cfg, cluster, shape, size, model_config)
-        duration = typical_duration(cfg, plan.inputs)
-        rate = measure_decode_rate(cfg, plan.inputs) if gpus_per_actor and cfg.decode_tasks is None else None
+        sampled = sampled_durations(cfg, plan.inputs)
+        duration = typical_duration(cfg, sampled=sampled)
+        rate = measure_decode_rate(cfg, sampled) if gpus_per_actor and cfg.decode_tasks is None else None
 
         def sizes(actors: int) -> TranscribeConfig:
             spare = cluster.get("CPU", 0.0) - actors * cfg.cpus_per_actor - COMMIT_CPUS  # for GPU actors' decoders

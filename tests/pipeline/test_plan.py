@@ -9,7 +9,7 @@ from pipeline.job import (CPU_BATCH_SECONDS, MAX_WINDOW_ROWS, WINDOW_BATCHES,
                           MIN_AUDIO_PER_ACTOR_S, NodeShape, TranscribeConfig, cpu_actor_bytes, cpu_actors_per_node, decode_concurrency, describe_plan, node_shape,
                           resolve_resources, size_to_inputs, typical_duration, worthwhile_actors, balanced_window,
                           largest_divisor, MAX_BLOCK_ROWS, attention_bytes, ATTENTION_BYTES_PER_SCORE,
-                          DECODERS_PER_GPU_ACTOR, gpu_decoders, measure_decode_rate)
+                          DECODERS_PER_GPU_ACTOR, gpu_decoders, measure_decode_rate, sampled_durations)
 from model.config import preset
 from tests.pipeline.conftest import AUDIO, CLIPS
 
@@ -169,14 +169,20 @@ def test_gpu_actors_get_the_decoders_a_measured_decode_rate_needs():
     assert size_to_inputs(given, 3.0, 2, 1.0, 16, 1, decode_rate=700.0, spare_cpus=40.0).decode_tasks == 3
 
 
-def test_the_decode_rate_is_measured_on_a_few_real_inputs(tmp_path):
+def test_the_decode_rate_is_measured_on_a_few_short_real_inputs(tmp_path):
     cfg = TranscribeConfig("in", "out", "m")
-    rate = measure_decode_rate(cfg, pa.array([str(AUDIO / c) for c in CLIPS]))
+    sampled = sampled_durations(cfg, pa.array([str(AUDIO / c) for c in CLIPS]))
+    assert len(sampled) == len(CLIPS) and all(d and d < 10 for _, d in sampled)
+    rate = measure_decode_rate(cfg, sampled)
     assert rate is not None and rate > 0
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
-    assert measure_decode_rate(cfg, pa.array([str(broken), str(tmp_path / "missing.wav")])) is None
-    assert measure_decode_rate(cfg, pa.array([], pa.string())) is None
+    unreadable = sampled_durations(cfg, pa.array([str(broken), str(tmp_path / "missing.wav")]))
+    assert [d for _, d in unreadable] == [None, None] and measure_decode_rate(cfg, unreadable) is None
+    assert measure_decode_rate(cfg, [(str(broken), 3.0)]) is None  # decoded and failed: no rate from it
+    # a long file is not decoded on the driver: no rate, whatever it holds (the fixed fallback then)
+    assert measure_decode_rate(cfg, [(str(AUDIO / CLIPS[0]), 3600.0)]) is None
+    assert sampled_durations(cfg, pa.array([], pa.string())) == [] and measure_decode_rate(cfg, []) is None
 
 
 def test_typical_duration_reads_headers_only():
