@@ -197,9 +197,10 @@ def cpu_actors_per_node(cfg: TranscribeConfig, shape: NodeShape, checkpoint_byte
 
 
 def decodes_in_tasks(cfg: TranscribeConfig) -> bool:
-    """Whether CPU actors get their inputs from decode tasks of their own rather than decoding them themselves,
-    as decode_concurrency decides before the threads are sized: --decode-tasks N > 0, or actors of several
-    threads (--threads-per-actor, or --cpus-per-actor, which sets the threads when those are not given)."""
+    """Whether CPU actors get their inputs from decode tasks of their own rather than decoding them themselves
+    (decode_concurrency's rule, which cpu_actors_per_node also needs before the threads are sized): --decode-tasks
+    N > 0, or actors of several threads (--threads-per-actor, or --cpus-per-actor, which sets the threads when
+    those are not given)."""
     if cfg.decode_tasks is not None:
         return cfg.decode_tasks > 0
     return (cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor))) > 1
@@ -318,9 +319,7 @@ def decode_concurrency(cfg: TranscribeConfig, actors: int, gpus_per_actor: float
         return cfg.decode_tasks
     if gpus_per_actor > 0:
         return gpu_decoders(actors, decode_rate, spare_cpus)
-    if (cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor))) <= 1:
-        return 0
-    return max(1, min(actors, nodes))
+    return max(1, min(actors, nodes)) if decodes_in_tasks(cfg) else 0
 
 
 def gpu_decoders(actors: int, decode_rate: float | None, spare_cpus: float | None = None) -> int:
@@ -345,8 +344,7 @@ def measure_decode_rate(cfg: TranscribeConfig, sampled: list[tuple[str, float | 
     from .decode import decode_one
 
     audio_s = spent = 0.0
-    short = [uri for uri, d in sampled if d and d <= DECODE_PROBE_MAX_FILE_S]
-    for uri in short[:: max(1, len(short) // DECODE_PROBE_FILES)][:DECODE_PROBE_FILES]:
+    for uri in _spread([uri for uri, d in sampled if d and d <= DECODE_PROBE_MAX_FILE_S], DECODE_PROBE_FILES):
         t0 = time.perf_counter()
         try:
             wave, _, error, _ = decode_one(uri, cfg.storage_options or None)
@@ -365,10 +363,8 @@ def sampled_durations(cfg: TranscribeConfig, inputs: pa.Array) -> list[tuple[str
     (soundfile, else the container's metadata; nothing is decoded), None where that cannot be read."""
     from model.audio import probe_duration
 
-    if not len(inputs):
-        return []
     out = []
-    for uri in inputs[:: max(1, len(inputs) // DURATION_SAMPLE)][:DURATION_SAMPLE].to_pylist():
+    for uri in _spread(inputs, DURATION_SAMPLE).to_pylist():
         try:
             fs, path = filesystem(uri, cfg.storage_options or None)
             with fs.open(path, "rb") as f:
@@ -379,12 +375,13 @@ def sampled_durations(cfg: TranscribeConfig, inputs: pa.Array) -> list[tuple[str
     return out
 
 
-def typical_duration(cfg: TranscribeConfig, inputs: pa.Array | None = None,
-                     sampled: list[tuple[str, float | None]] | None = None) -> float | None:
-    """Median duration in seconds of the sampled inputs (sampled_durations, read here when not given). None if
-    no header could be read."""
-    if sampled is None:
-        sampled = sampled_durations(cfg, inputs if inputs is not None else pa.array([], pa.string()))
+def _spread(items, n: int):
+    """Up to `n` of `items` (a list or an Arrow array), evenly spread over them."""
+    return items[:: max(1, len(items) // n)][:n]
+
+
+def typical_duration(sampled: list[tuple[str, float | None]]) -> float | None:
+    """Median duration in seconds of the sampled inputs (sampled_durations). None if no header could be read."""
     found = sorted(d for _, d in sampled if d)
     return float(found[len(found) // 2]) if found else None
 
@@ -558,7 +555,7 @@ def run(cfg: TranscribeConfig, plan: Plan | None = None, transcriber: type = Tra
             model_config = model_config or _config_or_none(cfg.model_uri)
         actors, gpus_per_actor = resolve_resources(cfg, cluster, shape, size, model_config)
         sampled = sampled_durations(cfg, plan.inputs)
-        duration = typical_duration(cfg, sampled=sampled)
+        duration = typical_duration(sampled)
         rate = measure_decode_rate(cfg, sampled) if gpus_per_actor and cfg.decode_tasks is None else None
 
         def sizes(actors: int) -> TranscribeConfig:

@@ -187,5 +187,5 @@ def test_the_decode_rate_is_measured_on_a_few_short_real_inputs(tmp_path):
 
 def test_typical_duration_reads_headers_only():
     inputs = pa.array([str(AUDIO / c) for c in CLIPS] + [str(AUDIO / "missing.wav")])
-    d = typical_duration(TranscribeConfig("in", "out", "m"), inputs)
+    d = typical_duration(sampled_durations(TranscribeConfig("in", "out", "m"), inputs))
     assert 1.0 < d < 6.0
