@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import EncoderConfig
@@ -73,16 +72,16 @@ class Subsampling(nn.Module):
     def _block(self, features: torch.Tensor, lengths: torch.Tensor, offset: int) -> torch.Tensor:
         """Feature frames [offset, offset + F) of the batch -> (B, T', d_model); offset is a multiple of 8.
         Masks use global frame indices, so a block masks exactly what the whole input would."""
-        x = features.transpose(1, 2)  # (B, F, n_mels)
+        x = features.transpose(1, 2).unsqueeze(1)  # (B, 1, F, n_mels)
         cur, off = lengths, offset
         inplace = not torch.is_grad_enabled()  # inference: mask and ReLU in place (these maps are large)
-        frames = torch.arange(off, off + x.shape[1], device=x.device)
-        x = x * (frames[None, :] < cur[:, None])[:, :, None].to(x.dtype)  # input frames past the length
-        for i, layer in enumerate(self.layers):
+        frames = torch.arange(off, off + x.shape[2], device=x.device)
+        x = x * (frames[None, :] < cur[:, None])[:, None, :, None].to(x.dtype)  # input frames past the length
+        for layer in self.layers:
             if inplace and isinstance(layer, nn.ReLU):
                 x = x.relu_()
                 continue
-            x = first_conv(x, layer) if i == 0 else layer(x)  # the later convs keep its channels_last layout
+            x = layer(x)
             if isinstance(layer, nn.Conv2d):  # mask after every conv: a pointwise bias must not leak
                 if layer.stride != (1, 1):
                     cur, off = conv_output_lengths(cur, 1), off // STRIDE
@@ -91,19 +90,3 @@ class Subsampling(nn.Module):
                 x = x.mul_(keep) if inplace else x * keep
         b, c, t, f = x.shape
         return self.linear(x.transpose(1, 2).reshape(b, t, c * f))  # (B, T, C * F') -> (B, T, d_model)
-
-
-def first_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """The stack's first conv (1 -> C channels, kernel 3, stride 2, padding 1) of x (B, F, n_mels), as one matmul
-    of the 3x3 input patches with the (C, 9) kernel: (B, C, F', n_mels') laid out channels_last, (B, F', n_mels', C).
-
-    Equal to conv(x[:, None]) up to float rounding. Its output is the stack's largest map, and the depthwise and
-    pointwise convs after it run several times faster on CPU in channels_last (docs/pipeline.md, "Performance"), while
-    converting the map afterwards costs about what that saves: so the first conv writes it that way."""
-    c = conv.out_channels
-    patches = F.pad(x, (PAD, PAD, PAD, PAD)).unfold(1, KERNEL, STRIDE).unfold(2, KERNEL, STRIDE)  # (B, F', M', 3, 3)
-    b, f, m = patches.shape[:3]
-    weight = conv.weight.reshape(c, KERNEL * KERNEL).t()  # (9, C), kernel rows then columns, as the patches
-    patches = patches.reshape(-1, KERNEL * KERNEL)
-    y = torch.addmm(conv.bias, patches, weight) if conv.bias is not None else patches @ weight
-    return y.view(b, f, m, c).permute(0, 3, 1, 2)  # (B, C, F', M'), channels_last strides
