@@ -20,7 +20,9 @@ The corpus is `--files` hard links to the espeak clips in tests/data/audio (shor
     their own inputs, each start-to-start span holds the next window's decoding as well);
   - where the job's time went: process start -> job start (imports, allocator re-exec), job start -> first commit
     (listing, planning, Ray start, model actor start and load, the first window of up to 1024 inputs), first ->
-    last commit, last commit -> exit (summary, Ray shutdown), and the fixed cost the two runs imply.
+    last commit, last commit -> exit (summary, Ray shutdown), and the fixed cost the two runs imply;
+  - the CPU time the host stole from this VM (/proc/stat's steal) in the model's passes and in the longest job's
+    steady state: a shared VM's speed swings, and a ratio taken while the host took cores is not the code's.
 """
 import argparse
 import json
@@ -80,11 +82,14 @@ def model_best(model_uri: str, paths: list[str], batches: list[int]) -> dict:
             try:
                 audio = [json.loads(c.stdout.readline())["audio_s"] for c in children]  # each is loaded and warm
                 for batch in batches:
+                    m0 = machine_ticks()
                     for c in children:
                         c.stdin.write(f"{batch}\n")
                         c.stdin.flush()
                     took = max(json.loads(c.stdout.readline())["seconds"] for c in children)
-                    tried.append({"audio_s": sum(audio), "seconds": took, "batch": batch, "processes": procs, "threads": threads})
+                    steal = (machine_ticks()["steal"] - m0["steal"]) / os.sysconf("SC_CLK_TCK")
+                    tried.append({"audio_s": sum(audio), "seconds": took, "batch": batch, "processes": procs,
+                                  "threads": threads, "steal_s": steal})
                 for c in children:
                     c.stdin.close()
                     if c.wait() != 0:
@@ -101,7 +106,8 @@ def model_best(model_uri: str, paths: list[str], batches: list[int]) -> dict:
 
 def averaged(before: dict, after: dict) -> dict:
     """Two model_best results -> one: each layout's seconds the mean of its two passes, the best the fastest mean."""
-    tried = [{**a, "seconds": (a["seconds"] + b["seconds"]) / 2, "passes": (a["seconds"], b["seconds"])}
+    tried = [{**a, "seconds": (a["seconds"] + b["seconds"]) / 2, "passes": (a["seconds"], b["seconds"]),
+              "steal_s": a["steal_s"] + b["steal_s"]}
              for a, b in zip(before["all"], after["all"])]
     best = min(tried, key=lambda r: r["seconds"])
     return {**best, "all": tried}
@@ -139,7 +145,7 @@ def run_job(folder: Path, out: Path, model_uri: str | None, sample_cpu: bool = F
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
         while proc.poll() is None:
             if sample_cpu:
-                snapshots.append((time.time(), thread_ticks(proc.pid)))
+                snapshots.append((time.time(), thread_ticks(proc.pid), machine_ticks()))
             try:
                 proc.wait(CPU_SAMPLE_S if sample_cpu else None)
             except subprocess.TimeoutExpired:
@@ -212,6 +218,17 @@ def thread_ticks(driver_pid: int) -> dict:
     return out
 
 
+def machine_ticks() -> dict:
+    """The machine's idle and stolen CPU ticks so far, all cores (Linux /proc/stat: idle + iowait, and steal: time
+    this VM's CPUs were ready to run while the hypervisor ran something else)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:  # not Linux: nothing to tell
+        fields = []
+    ticks = [int(x) for x in fields] + [0] * 8
+    return {"idle": ticks[3] + ticks[4], "steal": ticks[7]}
+
+
 def _role(pid: int, cmd: str, comm: str, driver_pid: int) -> str:
     if "Transcriber" in cmd:  # ray::MapWorker(MapBatches(decode_batch)->MapBatches(Transcriber)) and the like
         return "model" if comm == MODEL_THREAD_NAME else "actor"
@@ -232,18 +249,19 @@ def cpu_breakdown(snapshots: list, first_commit: float, last_commit: float) -> d
     that started in between counts from its start; one that ended in between counts up to the last snapshot that
     saw it (an actor whose last window is done has its model thread stopped while the other still works: dropping
     that thread's whole time, as the first version of this did, put 44 % of one run in "idle")."""
-    inner = [(t, s) for t, s in snapshots if first_commit <= t <= last_commit]
+    inner = [s for s in snapshots if first_commit <= s[0] <= last_commit]
     if len(inner) < 2:
         return None
-    (ta, a), (tb, _) = inner[0], inner[-1]
+    (ta, a, ma), (tb, _, mb) = inner[0], inner[-1]
     last_seen: dict = {}
-    for _, snap in inner:
+    for _, snap, _ in inner:
         last_seen.update(snap)
     hz = os.sysconf("SC_CLK_TCK")
     by_role = dict.fromkeys(ROLES, 0.0)
     for key, (role, ticks) in last_seen.items():
         by_role[role] += (ticks - a.get(key, (role, 0))[1]) / hz
-    return {"seconds": tb - ta, "cores": os.cpu_count() or 1, "core_s": by_role}
+    return {"seconds": tb - ta, "cores": os.cpu_count() or 1, "core_s": by_role,
+            "idle_s": (mb["idle"] - ma["idle"]) / hz, "steal_s": (mb["steal"] - ma["steal"]) / hz}
 
 
 def main() -> None:
@@ -295,7 +313,8 @@ def main() -> None:
     print(f"{job['files']} files, {audio_s / 3600:.2f} h of audio; {job['plan']}")
     for r in mb["all"]:
         print(f"  model: {r['processes']} process(es) x {r['threads']} thread(s), batch {r['batch']}: {r['seconds']:.2f} s "
-              f"(before the jobs {r['passes'][0]:.2f}, after {r['passes'][1]:.2f}), {r['audio_s'] / r['seconds']:.0f} audio-s/s")
+              f"(before the jobs {r['passes'][0]:.2f}, after {r['passes'][1]:.2f}), {r['audio_s'] / r['seconds']:.0f} audio-s/s, "
+              f"{r['steal_s']:.1f} core-s stolen by the host in the two passes")
     print(f"model best (pre-decoded, sorted; the fastest above: {mb['processes']} process(es) x {mb['threads']} "
           f"thread(s), batch {mb['batch']}): {best_s:.1f} s, {best:.0f} audio-s/s")
     print(f"job at defaults: {job['wall_s']:.1f} s wall, {whole:.0f} audio-s/s -> {whole / best:.2f}x the model's best "
@@ -317,7 +336,8 @@ def main() -> None:
         for role, used in cpu["core_s"].items():
             print(f"  {used:6.1f} core-s {used / available:6.1%}  {ROLES[role]}")
         idle = available - sum(cpu["core_s"].values())
-        print(f"  {idle:6.1f} core-s {idle / available:6.1%}  idle")
+        print(f"  {idle:6.1f} core-s {idle / available:6.1%}  not used by any thread, of which the kernel counted "
+              f"{cpu['idle_s']:.1f} core-s idle and {cpu['steal_s']:.1f} stolen (this VM's CPUs waiting for the host's)")
         if double["calls_rate"]:
             share = cpu["core_s"]["model"] / available
             print(f"  the model threads' share bounds the job at {share:.2f}x; the calls reach {double['calls_rate'] / best:.2f}x, "
