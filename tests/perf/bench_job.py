@@ -87,7 +87,7 @@ def model_best(model_uri: str, paths: list[str], batches: list[int]) -> dict:
                         c.stdin.write(f"{batch}\n")
                         c.stdin.flush()
                     took = max(json.loads(c.stdout.readline())["seconds"] for c in children)
-                    steal = (machine_ticks()["steal"] - m0["steal"]) / os.sysconf("SC_CLK_TCK")
+                    steal = machine_ticks()["steal"] - m0["steal"]
                     tried.append({"audio_s": sum(audio), "seconds": took, "batch": batch, "processes": procs,
                                   "threads": threads, "steal_s": steal})
                 for c in children:
@@ -219,14 +219,15 @@ def thread_ticks(driver_pid: int) -> dict:
 
 
 def machine_ticks() -> dict:
-    """The machine's idle and stolen CPU ticks so far, all cores (Linux /proc/stat: idle + iowait, and steal: time
-    this VM's CPUs were ready to run while the hypervisor ran something else)."""
+    """The machine's idle and stolen CPU time so far in core-seconds, all cores (Linux /proc/stat: idle + iowait, and
+    steal: time this VM's CPUs were ready to run while the hypervisor ran something else)."""
     try:
         fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     except OSError:  # not Linux: nothing to tell
         fields = []
     ticks = [int(x) for x in fields] + [0] * 8
-    return {"idle": ticks[3] + ticks[4], "steal": ticks[7]}
+    hz = os.sysconf("SC_CLK_TCK")
+    return {"idle": (ticks[3] + ticks[4]) / hz, "steal": ticks[7] / hz}
 
 
 def _role(pid: int, cmd: str, comm: str, driver_pid: int) -> str:
@@ -261,7 +262,7 @@ def cpu_breakdown(snapshots: list, first_commit: float, last_commit: float) -> d
     for key, (role, ticks) in last_seen.items():
         by_role[role] += (ticks - a.get(key, (role, 0))[1]) / hz
     return {"seconds": tb - ta, "cores": os.cpu_count() or 1, "core_s": by_role,
-            "idle_s": (mb["idle"] - ma["idle"]) / hz, "steal_s": (mb["steal"] - ma["steal"]) / hz}
+            "idle_s": mb["idle"] - ma["idle"], "steal_s": mb["steal"] - ma["steal"]}
 
 
 def main() -> None:
