@@ -1,6 +1,7 @@
 """What one CPU Transcriber actor holds at its peak, against what the planner reserves for it (job.cpu_actor_bytes).
 
     python tests/perf/bench_actor_memory.py [--preset parakeet-tdt-0.6b-v3] [--windows 12x10,60x10,1x300] [--batch-seconds S]
+    python tests/perf/bench_actor_memory.py --ray [--windows 24x10,1x300]
 
 A random-weight model of the preset's shape (the demo model's tokenizer, so it writes text; memory and compute are
 the encoder's) is saved as a folder, as a job would load it. A child process on the CLI's allocator (tcmalloc) then
@@ -16,6 +17,12 @@ process apiece), passed as the decode stage's Arrow table, and reports:
 A window of one batch keeps the run short (one 600 s batch of the 0.6B shape takes two minutes on one thread); the
 activations of a call are one batch's, whatever the window. A single clip longer than the batch is one call of its
 own (up to --chunk-seconds, 300 s by default): `1x300` measures that.
+
+With `--ray`, the same model is run by the job itself: the windows' clips are written as 16-bit WAV files into one
+folder and `parakeet-ray transcribe FOLDER OUT --model MODEL` runs as a user runs it (tcmalloc, an embedded Ray, the
+planner's own sizing, decoding fused into the actors), while every Transcriber actor's VmHWM and VmRSS are read from
+/proc every 0.5 s. Printed: the plan line, each actor's peak RSS (from the start of the process: the model load is
+included here, as it is in what the actor holds), and that peak over what the planner reserved it.
 """
 from __future__ import annotations
 
@@ -70,6 +77,58 @@ def child(folder: str, clips: int, seconds: float, batch_seconds: float) -> None
                       "rows": out.num_rows, "tokens": sum(len(t or []) for t in out.column("tokens").to_pylist())}))
 
 
+def live_job(folder: str, windows: list[tuple[int, float]], work: Path, planned_mb: float) -> dict:
+    """`parakeet-ray transcribe` over the windows' clips with the model at `folder`, its actors' memory read from
+    /proc while it runs."""
+    import soundfile as sf
+
+    from jobs.bench import synthetic_audio
+
+    inputs = work / "in"
+    inputs.mkdir()
+    n = 0
+    for clips, seconds in windows:
+        for _ in range(clips):
+            sf.write(inputs / f"clip{n:04d}.wav", synthetic_audio(seconds, seed=n), 16000, subtype="PCM_16")
+            n += 1
+    cmd = ["parakeet-ray", "transcribe", str(inputs), str(work / "out"), "--model", folder]
+    peaks: dict[int, dict] = {}
+    with tempfile.TemporaryFile("w+") as err:
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        while proc.poll() is None:
+            for pid, status in _actor_status().items():
+                peaks[pid] = status  # VmHWM only grows: the last read is the peak so far
+            try:
+                proc.wait(0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        wall = time.time() - t0
+        err.seek(0)
+        stderr = err.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"job failed: {stderr[-3000:]}")
+    plan = next((line for line in stderr.splitlines() if line.startswith("plan:")), "")
+    summary = json.loads((work / "out" / "_summary.json").read_text())
+    return {"plan": plan, "wall_s": wall, "files": summary["files"], "errors": summary["errors"],
+            "audio_s": summary["audio_seconds"], "actors": [{"pid": pid, **s} for pid, s in sorted(peaks.items())],
+            "reserved_mb": planned_mb}
+
+
+def _actor_status() -> dict[int, dict]:
+    """{pid: {"peak_mb", "rss_mb"}} of every process running a Transcriber (Linux /proc)."""
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b"Transcriber" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+            out[int(pid)] = {"peak_mb": int(fields["VmHWM"].split()[0]) / 1024, "rss_mb": int(fields["VmRSS"].split()[0]) / 1024}
+        except (FileNotFoundError, ProcessLookupError, PermissionError, KeyError):
+            continue  # ended while being read
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="parakeet-tdt-0.6b-v3")
@@ -77,6 +136,8 @@ def main() -> None:
                     help="windows to measure, each CLIPSxSECONDS, comma-separated (one child process each), e.g. 12x10,60x10,1x300")
     ap.add_argument("--batch-seconds", type=float, default=None,
                     help="padded audio per model call (default: what the planner gives a model of this size on CPU)")
+    ap.add_argument("--ray", action="store_true",
+                    help="run the windows' clips through `parakeet-ray transcribe` and read its actors' peak RSS")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--clips", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -108,6 +169,15 @@ def main() -> None:
         print(f"{args.preset} (random weights), stored {stored / mb:.0f} MB; batches of <= {batch_s:g} s; one torch "
               f"thread; {'tcmalloc' if lib else 'glibc malloc'}; the planner reserves {planned:.0f} MB an actor "
               f"(chunks of <= {cfg.chunk_seconds:g} s)", flush=True)
+        if args.ray:
+            r = live_job(folder, windows, Path(tmp), planned)
+            print(f"  the job: {r['plan']}", flush=True)
+            print(f"  {r['files']} files ({r['errors']} errors), {r['audio_s']:.0f} s of audio, {r['wall_s']:.1f} s wall", flush=True)
+            for a in r["actors"]:
+                print(f"  actor pid {a['pid']}: peak RSS {a['peak_mb']:.0f} MB (the model load included), "
+                      f"{a['rss_mb']:.0f} MB at the last read; peak / reserved {a['peak_mb'] / planned:.2f}", flush=True)
+            print(json.dumps({"preset": args.preset, "stored_mb": stored / mb, "batch_seconds": batch_s, **r}))
+            return
         for clips, seconds in windows:
             proc = subprocess.run([sys.executable, __file__, "--child", folder, "--clips", str(clips), "--seconds",
                                    str(seconds), "--batch-seconds", str(batch_s)], env=env, capture_output=True, text=True)
