@@ -47,6 +47,13 @@ SMALL_MODEL_ACTIVATION_BYTES_PER_S = 1 * 1024**2
 ATTENTION_BYTES_PER_SCORE = 20
 PARAKEET_HEADS, ENCODER_FRAMES_PER_S = 8, 12.5  # when the model's config is not known: 8 heads, 10 ms x 8 frames
 WAVEFORM_BYTES_PER_S = 16_000 * 4
+# Windows queued on one CPU actor at a time. With Ray's default of 2, the first actor to finish loading takes two
+# windows while the others still load; where that is all the input, Ray Data then stops the actors still loading
+# ("consumed all inputs") and one actor works through both: Parakeet 0.6B's shape, 691 clips in two windows on two
+# single-thread actors, ran its windows one after the other, 524 s each. A CPU window is seconds (the demo model) to
+# many minutes (Parakeet) of work on a listing block, so the queued second window buys nothing, and it also leaves
+# the last windows queued behind a busy actor while another idles.
+CPU_TASKS_IN_FLIGHT_PER_ACTOR = 1
 UNKNOWN_CHECKPOINT_BYTES = 4.5 * 1024**3  # weights assumed when the checkpoint's size cannot be read (1.1b, fp32)
 SMALL_MODEL_BYTES = 100 * 1024**2
 # Padded audio per model call on CPU, any model: a small model's activations stay in the cache (the demo model is
@@ -488,7 +495,10 @@ def transcribed(cfg: TranscribeConfig, ds, actors: int, gpus_per_actor: float, t
             confidence=cfg.confidence,
             num_threads=cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor)),
         ),
-        compute=ray.data.ActorPoolStrategy(size=actors),
+        # CPU actors take one window at a time (see CPU_TASKS_IN_FLIGHT_PER_ACTOR); GPU actors keep Ray's default (2),
+        # which fetches the next window's decoded audio while the GPU works on this one.
+        compute=ray.data.ActorPoolStrategy(
+            size=actors, max_tasks_in_flight_per_actor=None if gpus_per_actor else CPU_TASKS_IN_FLIGHT_PER_ACTOR),
         # pyarrow: the decoded waveforms reach the actor as the decode tasks' buffers (decode.waveforms)
         batch_size=cfg.window_rows or DEFAULT_WINDOW_ROWS, batch_format="pyarrow", **model_stage_resources(cfg, gpus_per_actor),
     )

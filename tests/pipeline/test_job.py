@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
+import time
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
+from ray import cloudpickle  # the serializer Ray itself uses (vendored)
 
 from jobs.cli import main
 from pipeline.job import TranscribeConfig, build_dataset, decoded, pending_inputs, transcribed
 from pipeline.schema import TRANSCRIPT_SCHEMA
 from pipeline.sink import TMP_DIR, committed_files, read_output
+from pipeline.transcriber import Transcriber
 from tests.pipeline.conftest import AUDIO, CLIPS
 from tests.pipeline.corpus import make_bad_corpus
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors get SlowCalls by value
 
 CPU = ["--gpus-per-actor", "0", "--no-progress"]
 
@@ -138,3 +145,36 @@ def test_single_thread_cpu_actors_decode_their_own_inputs(ray_data, model_dir, a
     assert was_fused and not was_apart
     assert len(fused) == len(inputs) and sum(r["error"] is not None for r in fused) >= 10
     assert fused == apart
+
+
+class SlowCalls(Transcriber):
+    """Every call takes CALL_S longer, and every actor but the first to start loads LOAD_S longer: what a
+    checkpoint of gigabytes does to actors that start at different times."""
+
+    marker = None  # a path: the first actor's constructor creates it
+    CALL_S, LOAD_S = 8.0, 2.0
+
+    def __init__(self, *args, **kwargs):
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            time.sleep(self.LOAD_S)
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, batch):
+        time.sleep(self.CALL_S)
+        return super().__call__(batch)
+
+
+def test_an_actor_that_loads_later_still_gets_a_window(ray_data, model_dir, audio_dir, tmp_path):
+    """Two windows, two single-thread CPU actors, the second ready seconds after the first: each actor takes one
+    window. (With two windows queued per actor, Ray's default, the first actor took both while the second still
+    loaded, and Ray Data then stopped the second: the job ran its windows one after the other.)"""
+    cfg = TranscribeConfig(str(audio_dir), str(tmp_path / "out"), model_dir, device="cpu", threads_per_actor=1,
+                           decode_tasks=0, decode_rows=len(CLIPS) // 2, window_rows=len(CLIPS) // 2)
+    inputs, _ = pending_inputs(cfg)
+    SlowCalls.marker = str(tmp_path / "first-actor")
+    ds = build_dataset(cfg, inputs, actors=2, gpus_per_actor=0.0, transcriber=SlowCalls)
+    rows = ds.select_columns(["audio_uri", "actor_id"]).take_all()
+    assert sorted(r["audio_uri"] for r in rows) == sorted(str(u) for u in inputs.to_pylist())
+    assert len({r["actor_id"] for r in rows}) == 2, Counter(r["actor_id"] for r in rows)
