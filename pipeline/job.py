@@ -296,16 +296,23 @@ def largest_divisor(n: int, at_most: int) -> int:
 
 
 def balanced_window(inputs: int, window_rows: int, decode_rows: int, actors: int) -> int:
-    """`window_rows` (a multiple of `decode_rows`) lowered, by whole decode tasks, as little as it takes for the
-    job's windows to be a multiple of `actors`, so no actor is left with one more window than the others while
-    they idle (3,000 inputs in 512-row decode tasks on 2 actors: six windows of 512, not three of 1,024 with one
-    actor taking the third alone). Unchanged where that would take windows under half the size."""
+    """`window_rows` (a multiple of `decode_rows`) lowered, by whole decode tasks, for the job's windows to be a
+    multiple of `actors` and as even as they can be, so no actor works on while the others idle: 3,000 inputs in
+    512-row decode tasks on 2 actors run as six windows of 512, not three of 1,024 with one actor taking the third
+    alone; 691 inputs in 48-row tasks as windows of 384 and 307, not 480 and 211 (the actor with 480 sets the wall).
+    Of the window sizes from `window_rows` down to half of it whose count of windows divides among the actors, the
+    one with the least work for the busiest actor (rounds x window, in decode tasks), the larger on a tie (fewer
+    calls). Unchanged for one actor, or where no size down to half divides evenly."""
+    if actors <= 1:
+        return window_rows
     tasks = math.ceil(inputs / decode_rows)
     per_window = window_rows // decode_rows
+    best = None
     for m in range(per_window, max(1, per_window // 2) - 1, -1):  # windows at most halved
-        if math.ceil(tasks / m) % actors == 0:
-            return m * decode_rows
-    return window_rows
+        windows = math.ceil(tasks / m)
+        if windows % actors == 0 and (best is None or windows // actors * m < best[0]):
+            best = (windows // actors * m, m)
+    return best[1] * decode_rows if best else window_rows
 
 
 def decode_concurrency(cfg: TranscribeConfig, actors: int, gpus_per_actor: float, nodes: int = 1,

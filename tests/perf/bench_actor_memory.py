@@ -77,7 +77,7 @@ def child(folder: str, clips: int, seconds: float, batch_seconds: float) -> None
                       "rows": out.num_rows, "tokens": sum(len(t or []) for t in out.column("tokens").to_pylist())}))
 
 
-def live_job(folder: str, windows: list[tuple[int, float]], work: Path, planned_mb: float) -> dict:
+def live_job(folder: str, windows: list[tuple[int, float]], work: Path, planned_mb: float, job_args: list[str]) -> dict:
     """`parakeet-ray transcribe` over the windows' clips with the model at `folder`, its actors' memory read from
     /proc while it runs."""
     import soundfile as sf
@@ -91,7 +91,7 @@ def live_job(folder: str, windows: list[tuple[int, float]], work: Path, planned_
         for _ in range(clips):
             sf.write(inputs / f"clip{n:04d}.wav", synthetic_audio(seconds, seed=n), 16000, subtype="PCM_16")
             n += 1
-    cmd = ["parakeet-ray", "transcribe", str(inputs), str(work / "out"), "--model", folder]
+    cmd = ["parakeet-ray", "transcribe", str(inputs), str(work / "out"), "--model", folder, *job_args]
     peaks: dict[int, dict] = {}
     with tempfile.TemporaryFile("w+") as err:
         t0 = time.time()
@@ -138,6 +138,8 @@ def main() -> None:
                     help="padded audio per model call (default: what the planner gives a model of this size on CPU)")
     ap.add_argument("--ray", action="store_true",
                     help="run the windows' clips through `parakeet-ray transcribe` and read its actors' peak RSS")
+    ap.add_argument("--job-args", default="", help="with --ray: more `parakeet-ray transcribe` options, e.g. "
+                    "'--actors 1 --threads-per-actor 1' (one single-thread actor decoding its own inputs)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--clips", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -170,7 +172,7 @@ def main() -> None:
               f"thread; {'tcmalloc' if lib else 'glibc malloc'}; the planner reserves {planned:.0f} MB an actor "
               f"(chunks of <= {cfg.chunk_seconds:g} s)", flush=True)
         if args.ray:
-            r = live_job(folder, windows, Path(tmp), planned)
+            r = live_job(folder, windows, Path(tmp), planned, args.job_args.split())
             print(f"  the job: {r['plan']}", flush=True)
             print(f"  {r['files']} files ({r['errors']} errors), {r['audio_s']:.0f} s of audio, {r['wall_s']:.1f} s wall", flush=True)
             for a in r["actors"]:

@@ -86,6 +86,8 @@ def test_windows_are_shared_evenly_by_the_actors():
     assert balanced_window(12288, 1024, 512, 2) == 1024 and balanced_window(100, 1024, 512, 1) == 1024
     assert balanced_window(3 * 1024, 1024, 256, 2) == 768  # 16 tasks -> 4 windows of 3 tasks... not 3 of 4
     assert balanced_window(5000, 1024, 128, 3) == 896 and balanced_window(5, 1, 1, 2) == 1
+    # two windows either way, but 8 + 7 decode tasks, not 10 + 5: the busiest actor has 384 rows, not 480
+    assert balanced_window(691, 480, 48, 2) == 384 and balanced_window(691, 480, 48, 1) == 480
     for inputs, window, decode, actors in ((3000, 1024, 512, 3), (10_001, 512, 64, 4), (7, 2, 1, 2), (1, 8, 8, 3)):
         rows = balanced_window(inputs, window, decode, actors)
         assert rows % decode == 0 and window // 2 <= rows <= window
