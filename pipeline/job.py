@@ -299,7 +299,7 @@ def balanced_window(inputs: int, window_rows: int, decode_rows: int, actors: int
     """`window_rows` (a multiple of `decode_rows`) lowered, by whole decode tasks, for the job's windows to be a
     multiple of `actors` and as even as they can be, so no actor works on while the others idle: 3,000 inputs in
     512-row decode tasks on 2 actors run as six windows of 512, not three of 1,024 with one actor taking the third
-    alone; 691 inputs in 48-row tasks as windows of 384 and 307, not 480 and 211 (the actor with 480 sets the wall).
+    alone; 691 inputs in 48-row tasks as windows of 384 and 307, not 480 and 211 (the busiest actor's 480 rows).
     Of the window sizes from `window_rows` down to half of it whose count of windows divides among the actors, the
     one with the least work for the busiest actor (rounds x window, in decode tasks), the larger on a tie (fewer
     calls). Unchanged for one actor, or where no size down to half divides evenly."""
