@@ -34,7 +34,12 @@ def test_features_equal_nemo(fixture, name):
     ours = feats.numpy()
     # values past a row's length are pad_value in both; log-free features are large, so compare relatively
     scale = max(1.0, float(np.abs(ref).max())) if not cfg.log else 1.0
-    assert np.abs(ours - ref).max() / scale < 2e-4, name
+    # float32 rounding differs by CPU (the FFT's and the mel matmul's kernels: AVX512 against AMX machines), and
+    # per-feature normalisation divides it by each mel bin's std, which for a quiet bin is small: on an AMX machine
+    # one element of bin 30 is off by 3.2e-4 while 99.9 % of them are within 4e-5. The closest two cases' fixtures
+    # (two different options) differ by 0.28 at most and 0.19 at the 99.9th percentile.
+    err = np.abs(ours - ref) / scale
+    assert err.max() < 1e-3 and np.percentile(err, 99.9) < 1e-4, (name, err.max(), np.percentile(err, 99.9))
 
 
 def test_nemo_defaults_are_not_parakeets():
