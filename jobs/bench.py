@@ -165,12 +165,13 @@ def measure_long(args, minutes: float) -> dict:
             **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
+def _status_mb(field: str, pid: int | str = "self") -> float:
+    """A memory field of /proc/PID/status (VmRSS, VmHWM, ...) in MB; this process's by default."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
 
 
 def long_audio_run(args) -> dict:

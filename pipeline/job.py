@@ -50,7 +50,7 @@ WAVEFORM_BYTES_PER_S = 16_000 * 4
 # Windows queued on one CPU actor at a time. With Ray's default of 2, the first actor to finish loading takes two
 # windows while the others still load; where that is all the input, Ray Data then stops the actors still loading
 # ("consumed all inputs") and one actor works through both: Parakeet 0.6B's shape, 691 clips in two windows on two
-# single-thread actors, ran its windows one after the other, 524 s each. A CPU window is seconds (the demo model) to
+# single-thread actors, ran its windows one after the other, 524 s and then 330 s. A CPU window is seconds (the demo model) to
 # many minutes (Parakeet) of work on a listing block, so the queued second window buys nothing, and it also leaves
 # the last windows queued behind a busy actor while another idles.
 CPU_TASKS_IN_FLIGHT_PER_ACTOR = 1
@@ -310,8 +310,9 @@ def balanced_window(inputs: int, window_rows: int, decode_rows: int, actors: int
     best = None
     for m in range(per_window, max(1, per_window // 2) - 1, -1):  # windows at most halved
         windows = math.ceil(tasks / m)
-        if windows % actors == 0 and (best is None or windows // actors * m < best[0]):
-            best = (windows // actors * m, m)
+        busiest = windows // actors * m  # decode tasks of the actor with the most work
+        if windows % actors == 0 and (best is None or busiest < best[0]):
+            best = (busiest, m)
     return best[1] * decode_rows if best else window_rows
 
 

@@ -122,9 +122,8 @@ def _actor_status() -> dict[int, dict]:
         try:
             if b"Transcriber" not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 continue
-            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-            out[int(pid)] = {"peak_mb": int(fields["VmHWM"].split()[0]) / 1024, "rss_mb": int(fields["VmRSS"].split()[0]) / 1024}
-        except (FileNotFoundError, ProcessLookupError, PermissionError, KeyError):
+            out[int(pid)] = {"peak_mb": status_mb("VmHWM", pid), "rss_mb": status_mb("VmRSS", pid)}
+        except (FileNotFoundError, ProcessLookupError, PermissionError, RuntimeError):
             continue  # ended while being read
     return out
 
